@@ -1,0 +1,5 @@
+import sys
+
+from jaxsel.cli import main
+
+sys.exit(main())

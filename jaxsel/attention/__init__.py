@@ -1,0 +1,1 @@
+"""TokenSelect attention sparsity, adaptive-temperature softmax and baselines (pure JAX)."""

@@ -1,0 +1,47 @@
+"""The ``jaxsel`` command: ``jaxsel demo`` (the main job) and ``jaxsel info``.
+
+Thin by design: parse arguments, call the library, print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from jaxsel._bench import environment_info
+
+    print(json.dumps(environment_info(), indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from jaxsel.demo import run_demo
+
+    return run_demo(quick=args.quick, out_dir=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxsel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the main demo (TokenSelect on a long context)")
+    demo.add_argument("--quick", action="store_true", help="smallest sizes (seconds, for tests)")
+    demo.add_argument("--out", default="results/demo", help="folder for the demo's JSON and PNG")
+    demo.set_defaults(func=_cmd_demo)
+
+    info = sub.add_parser("info", help="print python/jax/device information as JSON")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Diffusion steering: SVDD and Feynman-Kac steering for continuous and masked-discrete diffusion."""

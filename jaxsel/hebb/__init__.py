@@ -1,0 +1,1 @@
+"""SoftHebb: Hebbian soft winner-take-all learning without feedback."""

@@ -1,0 +1,1 @@
+"""Llama-family decoder with a switchable attention policy and a Hugging Face checkpoint loader."""
