@@ -47,7 +47,12 @@ def run_demo(*, quick: bool = False, out_dir: str = "results/demo") -> int:
         idx = jnp.concatenate([jnp.arange(n_sink), jnp.arange(n - n_local, n)])
         dense = time_fn(lambda q, k, v: _dense_decode(q, k, v)[0], q, k, v, name="dense", iters=5)
         window = time_fn(
-            lambda q, k, v: _dense_decode(q, k[idx], v[idx])[0], q, k, v, name="window", iters=5
+            lambda q, k, v, idx=idx: _dense_decode(q, k[idx], v[idx])[0],
+            q,
+            k,
+            v,
+            name="window",
+            iters=5,
         )
         _, p = _dense_decode(q, k, v)
         kept = float(jnp.mean(jnp.sum(p[:, idx], axis=-1)))
