@@ -1,1 +1,55 @@
-"""TokenSelect attention sparsity, adaptive-temperature softmax and baselines (pure JAX)."""
+"""TokenSelect attention sparsity, adaptive-temperature softmax and baselines (pure JAX).
+
+All functions are unbatched (one sequence, one layer, one decode step); batch with ``jax.vmap``.
+Shapes: ``q [Hq, d]``, ``k, v [N, Hkv, d]`` (static N), ``kv_len`` an integer scalar (may be traced).
+Selections are ``(indices [B] int32 sorted ascending, valid [B] bool)`` with
+``B = n_sink + top_k + n_local``; see :mod:`jaxsel.attention.select` for the padding convention.
+"""
+
+from jaxsel.attention.positions import (
+    POSITION_MODES,
+    apply_rope,
+    gathered_positions,
+    rope_frequencies,
+    rope_sparse_attention,
+    rotate_half,
+    scoring_query,
+)
+from jaxsel.attention.select import (
+    middle_candidates,
+    pool_votes,
+    select_from_votes,
+    select_tokens,
+    soft_vote,
+    token_scores,
+)
+from jaxsel.attention.sparse import (
+    adaptive_temperature_attention,
+    dense_attention,
+    sparse_attention,
+)
+from jaxsel.attention.temperature import (
+    adaptive_inverse_temperature,
+    adaptive_temperature_softmax,
+)
+
+__all__ = [
+    "POSITION_MODES",
+    "adaptive_inverse_temperature",
+    "adaptive_temperature_attention",
+    "adaptive_temperature_softmax",
+    "apply_rope",
+    "dense_attention",
+    "gathered_positions",
+    "middle_candidates",
+    "pool_votes",
+    "rope_frequencies",
+    "rope_sparse_attention",
+    "rotate_half",
+    "scoring_query",
+    "select_from_votes",
+    "select_tokens",
+    "soft_vote",
+    "sparse_attention",
+    "token_scores",
+]

@@ -1,0 +1,62 @@
+"""GQA head mapping and masked softmax, shared by scoring and attention (private)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def kv_head_of(hq: int, hkv: int, gqa_mapping: str) -> np.ndarray:
+    """``g(h)`` for every query head: ``h // (Hq/Hkv)`` ("group") or ``h % Hkv`` ("modulo")."""
+    h = np.arange(hq)
+    return h // (hq // hkv) if gqa_mapping == "group" else h % hkv
+
+
+def compute_dtype(q: jax.Array, k: jax.Array) -> jnp.dtype:
+    # Products run in the cache's dtype with f32 accumulation, so a bf16 cache is never copied to f32
+    # (that copy would double the bytes a bandwidth-bound decode step moves).
+    return jnp.dtype(k.dtype)
+
+
+def head_scores(q: jax.Array, k: jax.Array, gqa_mapping: str) -> jax.Array:
+    """``s[h, j] = q[h] . k[j, g(h)]`` in f32: ``q [Hq, d]``, ``k [M, Hkv, d]`` -> ``[Hq, M]``.
+
+    Each KV head is read once for all the query heads mapped to it (no repeated K in memory).
+    """
+    hq, d = q.shape
+    m, hkv, _ = k.shape
+    g = hq // hkv
+    qc = q.astype(compute_dtype(q, k))
+    if gqa_mapping == "group":
+        s = jnp.einsum("kgd,nkd->kgn", qc.reshape(hkv, g, d), k, preferred_element_type=jnp.float32)
+    else:  # head h = i * Hkv + kv_head
+        s = jnp.einsum("gkd,nkd->gkn", qc.reshape(g, hkv, d), k, preferred_element_type=jnp.float32)
+    return s.reshape(hq, m)
+
+
+def head_values(p: jax.Array, v: jax.Array, gqa_mapping: str) -> jax.Array:
+    """``o[h] = sum_j p[h, j] v[j, g(h)]``: ``p [Hq, M]`` (f32), ``v [M, Hkv, d]`` -> ``[Hq, d]`` f32."""
+    hq, m = p.shape
+    _, hkv, d = v.shape
+    g = hq // hkv
+    pc = p.astype(v.dtype)
+    if gqa_mapping == "group":
+        o = jnp.einsum("kgn,nkd->kgd", pc.reshape(hkv, g, m), v, preferred_element_type=jnp.float32)
+    else:
+        o = jnp.einsum("gkn,nkd->gkd", pc.reshape(g, hkv, m), v, preferred_element_type=jnp.float32)
+    return o.reshape(hq, d)
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array | None, axis: int = -1) -> jax.Array:
+    """Softmax over the entries where ``mask`` is true; 0 elsewhere; an all-masked row gives zeros.
+
+    Stays finite for any finite or -inf logits (the max is subtracted; an empty row divides by 1).
+    """
+    logits = logits.astype(jnp.float32)
+    x = logits if mask is None else jnp.where(mask, logits, -jnp.inf)
+    m = jnp.max(x, axis=axis, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.exp(x - m)
+    z = jnp.sum(e, axis=axis, keepdims=True)
+    return e / jnp.where(z > 0, z, 1.0)

@@ -1,0 +1,199 @@
+"""Rotary position embeddings and TokenSelect's position handling for length extrapolation.
+
+RoPE (Su et al., arXiv:2104.09864) in the rotate-half layout of Llama / Hugging Face: for a vector
+``x = [x1, x2]`` (halves of d) at position m, with inverse frequencies ``w_i = theta^(-2i/d)``,
+
+    rope(x, m) = x * cos(m w') + rotate_half(x) * sin(m w'),   rotate_half(x) = [-x2, x1],
+
+where ``w' = [w, w]``. Llama-3 ("llama3") and linear rope scaling rescale ``w`` as in HF configs.
+
+TokenSelect (arXiv:2411.02886) caches K *without* RoPE and rotates the gathered tokens at attention
+time, either at their original positions (``position_mode="original"``: exact standard RoPE) or at
+compacted positions ``0..n_valid-1`` (``"compact"``, the authors' choice: relative distances never
+exceed the budget, so a model extrapolates beyond its training length). For scoring, the query is
+rotated to position ``n_local`` against the unrotated keys, as the authors' code does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsel.attention import _checks
+from jaxsel.attention.sparse import sparse_attention
+
+POSITION_MODES = ("original", "compact")
+
+
+def rope_frequencies(
+    head_dim: int, *, theta: float = 10000.0, scaling: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """Inverse frequencies ``w [head_dim // 2]`` (float32), with optional HF-style rope scaling.
+
+    Args:
+      head_dim: even rotary dimension d.
+      theta: RoPE base.
+      scaling: ``None`` or a Hugging Face ``rope_scaling`` dict: ``{"rope_type": "linear",
+        "factor": f}`` (``w / f``) or ``{"rope_type": "llama3", "factor", "low_freq_factor",
+        "high_freq_factor", "original_max_position_embeddings"}`` (Llama 3.1: low frequencies
+        divided by ``factor``, high ones kept, a smooth blend between). ``"type"`` is accepted for
+        ``"rope_type"``; ``"default"`` means none.
+    """
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got {head_dim=}")
+    # float32 throughout, as Hugging Face computes it, so positions in the thousands match closely.
+    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    inv = np.float32(1.0) / (np.float32(theta) ** exponent)
+    if scaling is None:
+        return inv.astype(np.float32)
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv.astype(np.float32)
+    if kind == "linear":
+        return (inv / float(scaling["factor"])).astype(np.float32)
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = np.float32(2 * math.pi) / inv
+        # Long wavelengths (low frequency) are interpolated by `factor`, short ones kept; between
+        # the two thresholds the frequency is a linear blend in old_len / wavelen.
+        smooth = np.clip((old_len / wavelen - low) / (high - low), 0.0, 1.0)
+        scaled = (1 - smooth) * inv / factor + smooth * inv
+        return scaled.astype(np.float32)
+    raise ValueError(
+        f"unsupported rope scaling {kind!r} in scaling={dict(scaling)}; "
+        "supported: None, 'default', 'linear', 'llama3'"
+    )
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    """``[x1, x2] -> [-x2, x1]`` over the last axis."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(
+    x: jax.Array,
+    positions: jax.Array | int,
+    *,
+    theta: float = 10000.0,
+    scaling: Mapping[str, Any] | None = None,
+) -> jax.Array:
+    """Rotates ``x [..., d]`` by RoPE at ``positions`` (rotate-half layout, Llama/HF convention).
+
+    Args:
+      x: ``[..., d]``, e.g. ``[T, H, d]`` or ``[Hq, d]``.
+      positions: integer or float array whose shape is a *prefix* of ``x.shape[:-1]`` (a scalar for
+        one token, ``[T]`` for ``x [T, H, d]``, ``[B, T]`` for ``x [B, T, H, d]``); it is broadcast
+        over the remaining axes.
+      theta, scaling: see :func:`rope_frequencies`.
+
+    Returns:
+      Same shape and dtype as ``x``; angles and products in f32.
+    """
+    d = x.shape[-1]
+    positions = jnp.asarray(positions)
+    lead = x.shape[:-1]
+    if positions.shape != lead[: positions.ndim]:
+        raise ValueError(
+            f"positions.shape={positions.shape} must be a prefix of x.shape[:-1]={lead} "
+            f"(x.shape={x.shape})"
+        )
+    inv = jnp.asarray(rope_frequencies(d, theta=theta, scaling=scaling))
+    pos = positions.astype(jnp.float32).reshape(
+        positions.shape + (1,) * (len(lead) - positions.ndim)
+    )
+    ang = pos[..., None] * inv  # [..., d/2]
+    ang = jnp.concatenate([ang, ang], axis=-1)
+    xf = x.astype(jnp.float32)
+    return (xf * jnp.cos(ang) + rotate_half(xf) * jnp.sin(ang)).astype(x.dtype)
+
+
+def scoring_query(
+    q: jax.Array,
+    *,
+    n_local: int,
+    theta: float = 10000.0,
+    scaling: Mapping[str, Any] | None = None,
+) -> jax.Array:
+    """The selection query of the authors' code: ``q [..., Hq, d]`` rotated to position n_local.
+
+    Scored against unrotated cached keys, this is a query ``n_local`` tokens away from every key, the
+    typical distance of a selected token from the local window.
+    """
+    return apply_rope(q, jnp.asarray(n_local, jnp.int32), theta=theta, scaling=scaling)
+
+
+def gathered_positions(
+    indices: jax.Array,
+    valid: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    position_mode: str = "compact",
+) -> tuple[jax.Array, jax.Array]:
+    """RoPE positions for gathered keys ``[B]`` and for the current query (the last valid token).
+
+    - ``"original"``: keys at ``indices``, query at ``kv_len - 1``.
+    - ``"compact"``: keys at ``0..B-1`` (valid entries come first and are sorted, so the valid ones
+      get ``0..n_valid-1`` in order), query at ``n_valid - 1``.
+    """
+    if position_mode not in POSITION_MODES:
+        raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+    if position_mode == "original":
+        return indices.astype(jnp.int32), jnp.asarray(kv_len, jnp.int32) - 1
+    n_valid = jnp.sum(valid.astype(jnp.int32), axis=-1)
+    return jnp.broadcast_to(
+        jnp.arange(indices.shape[-1], dtype=jnp.int32), indices.shape
+    ), n_valid - 1
+
+
+def rope_sparse_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    indices: jax.Array,
+    valid: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    position_mode: str = "compact",
+    theta: float = 10000.0,
+    scaling: Mapping[str, Any] | None = None,
+    scale: float | None = None,
+    gqa_mapping: str = "group",
+    adaptive_temperature: bool = False,
+) -> jax.Array:
+    """:func:`sparse_attention` over a cache of *unrotated* keys, RoPE applied after the gather.
+
+    Args:
+      q: ``[Hq, d]`` unrotated query of the current token (token ``kv_len - 1``, already cached).
+      k, v: ``[N, Hkv, d]``; ``k`` without RoPE.
+      indices, valid: a shared ``[B]`` selection (e.g. :func:`select_tokens`).
+      kv_len: number of valid cached tokens.
+      position_mode: ``"original"`` (exactly standard RoPE attention over the gathered tokens) or
+        ``"compact"`` (positions 0..n_valid-1, the authors' length extrapolation).
+
+    Returns:
+      ``[Hq, d]``.
+    """
+    _checks.check_rank(indices, 1, "indices", "[B] (shared selection)")
+    kpos, qpos = gathered_positions(indices, valid, kv_len, position_mode=position_mode)
+    kr = apply_rope(k[indices], kpos, theta=theta, scaling=scaling)
+    qr = apply_rope(q, qpos, theta=theta, scaling=scaling)
+    # The rotated keys are already gathered: attend over them in order.
+    b = indices.shape[0]
+    return sparse_attention(
+        qr,
+        kr,
+        v[indices],
+        jnp.arange(b, dtype=jnp.int32),
+        valid,
+        scale=scale,
+        gqa_mapping=gqa_mapping,
+        adaptive_temperature=adaptive_temperature,
+    )

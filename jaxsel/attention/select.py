@@ -1,0 +1,227 @@
+"""TokenSelect: query-aware token-level KV selection by per-head soft voting.
+
+Wu et al., "TokenSelect: Efficient Long-Context Inference and Length Extrapolation for LLMs via
+Dynamic Token-Level KV Cache Selection", arXiv:2411.02886.
+
+One decode step, one layer, one sequence (batch with ``vmap``):
+
+    s_h[j]  = scale * q_h . k_{g(h)}[j]                     (raw dot products by default, scale=1)
+    p_h[j]  = softmax_{j in C}(s_h[j]),  C = {n_sink, ..., kv_len - n_local - 1}   (middle tokens)
+    vote[j] = sum_h p_h[j]
+    kept    = sinks {0..n_sink-1}  U  top_k(vote over C)  U  locals {kv_len-n_local..kv_len-1}
+
+The per-head normalisation is the point: a head with one very sharp logit cannot outvote the others
+(InfLLM summed raw logits instead; see :func:`jaxsel.attention.raw_logit_select`).
+
+Output format, shared by every selector in this package (``B = n_sink + top_k + n_local``):
+
+- ``indices [B] int32``, sorted ascending and unique over *all* B entries;
+- ``valid [B] bool``; the valid entries come first.
+
+When ``kv_len > B`` all entries are valid. When ``kv_len <= B`` the selection is dense: ``indices =
+0..B-1`` and ``valid = indices < kv_len``, so every valid token appears exactly once. Invalid entries
+therefore point at padding slots ``kv_len..B-1`` of the cache, which exist because ``B <= N``: a
+gather never reads out of range, and the value read is harmless because every consumer masks it out
+with ``valid`` (:func:`jaxsel.attention.sparse_attention` gives it zero weight).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxsel.attention import _checks
+from jaxsel.attention._common import head_scores, masked_softmax
+
+
+def token_scores(
+    q: jax.Array,
+    k: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    scale: float = 1.0,
+    gqa_mapping: str = "group",
+) -> jax.Array:
+    """Per-head scores of every cached token, ``s[h, j] = scale * q[h] . k[j, g(h)]``.
+
+    Args:
+      q: ``[Hq, d]`` query of the current step (for selection: the mean query of the step/chunk).
+      k: ``[N, Hkv, d]`` key cache of static length N; Hq must be a multiple of Hkv.
+      kv_len: integer scalar, number of valid tokens (may be traced); tokens ``>= kv_len`` are padding.
+      scale: multiplies the dot products. 1.0 (the default) gives raw dot products, as the authors'
+        selection code; pass ``1/sqrt(d)`` for attention logits.
+      gqa_mapping: ``"group"`` maps query head h to KV head ``h // (Hq/Hkv)`` (standard GQA);
+        ``"modulo"`` maps it to ``h % Hkv`` (what the authors' kernel does; for reproduction only).
+
+    Returns:
+      ``[Hq, N]`` float32, ``-inf`` at padding positions.
+    """
+    _checks.check_qk(q, k)
+    _checks.check_kv_len(kv_len, k.shape[0])
+    _checks.check_gqa_mapping(gqa_mapping)
+    s = head_scores(q, k, gqa_mapping) * jnp.float32(scale)
+    pos = jnp.arange(k.shape[0])
+    return jnp.where(pos[None, :] < kv_len, s, -jnp.inf)
+
+
+def soft_vote(scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per-head softmax over the tokens where ``mask`` is true, summed over heads.
+
+    ``vote[j] = sum_h exp(s[h, j]) / sum_{i: mask[i]} exp(s[h, i])`` for ``mask[j]``, else 0.
+
+    Args:
+      scores: ``[H, N]`` per-head scores (see :func:`token_scores`).
+      mask: ``[N]`` or ``[H, N]`` bool, the candidate tokens.
+
+    Returns:
+      ``[N]`` float32 votes; each head contributes a distribution, so the votes sum to H (or to
+      the number of heads with at least one finite candidate score).
+    """
+    _checks.check_rank(scores, 2, "scores", "[H, N]")
+    if jnp.shape(mask) not in ((scores.shape[1],), scores.shape):
+        raise ValueError(
+            f"mask must have shape [N] or [H, N] matching scores.shape={scores.shape}, got "
+            f"{jnp.shape(mask)}"
+        )
+    return jnp.sum(masked_softmax(scores, mask.astype(bool)), axis=0)
+
+
+def middle_candidates(n: int, kv_len: jax.Array | int, *, n_sink: int, n_local: int) -> jax.Array:
+    """``[N]`` bool: the middle tokens ``n_sink <= j < kv_len - n_local`` that selection ranks."""
+    pos = jnp.arange(n)
+    return (pos >= n_sink) & (pos < kv_len - n_local)
+
+
+def pool_votes(votes: jax.Array, candidates: jax.Array, vote_pool: int) -> jax.Array:
+    """Max-pools ``votes`` over a window of ``vote_pool`` neighbouring candidates (centred).
+
+    ``pooled[j] = max_{i in [j - (p-1)//2, j + p//2], candidates[i]} votes[i]``; the authors'
+    optional smoothing, which favours tokens next to strongly voted ones. ``vote_pool=1`` is the
+    identity. Non-candidates never contribute.
+    """
+    if vote_pool == 1:
+        return votes
+    x = jnp.where(candidates, votes, -jnp.inf)
+    left, right = (vote_pool - 1) // 2, vote_pool // 2
+    return lax.reduce_window(x, -jnp.inf, lax.max, (vote_pool,), (1,), ((left, right),))
+
+
+def dense_selection(budget: int, kv_len: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+    """The ``kv_len <= budget`` answer: ``indices = 0..budget-1``, ``valid = indices < kv_len``."""
+    idx = jnp.arange(budget, dtype=jnp.int32)
+    return idx, idx < kv_len
+
+
+def select_from_votes(
+    votes: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    top_k: int,
+    n_sink: int,
+    n_local: int,
+    vote_pool: int = 1,
+) -> tuple[jax.Array, jax.Array]:
+    """Sinks + top-k middle tokens by ``votes`` + locals, for ``kv_len > n_sink + top_k + n_local``.
+
+    Ties go to the lower index (``lax.top_k`` is stable). Non-finite candidate votes are ranked as
+    the lowest finite value, so a candidate always outranks a non-candidate and NaN never wins.
+
+    Args:
+      votes: ``[N]`` float votes (only candidate entries are read).
+      kv_len: integer scalar; must exceed the budget (the caller takes the dense branch otherwise).
+
+    Returns:
+      ``(indices [budget] int32 sorted ascending, valid [budget] bool, all true)``.
+    """
+    n = votes.shape[0]
+    cand = middle_candidates(n, kv_len, n_sink=n_sink, n_local=n_local)
+    v = votes.astype(jnp.float32)
+    lo = jnp.finfo(jnp.float32).min
+    v = jnp.nan_to_num(v, nan=lo, posinf=jnp.finfo(jnp.float32).max, neginf=lo)
+    v = pool_votes(v, cand, vote_pool)
+    v = jnp.where(cand, v, -jnp.inf)
+    parts = [jnp.arange(n_sink, dtype=jnp.int32)]
+    if top_k > 0:
+        _, mid = lax.top_k(v, top_k)
+        parts.append(jnp.sort(mid.astype(jnp.int32)))
+    parts.append(jnp.asarray(kv_len, jnp.int32) - n_local + jnp.arange(n_local, dtype=jnp.int32))
+    idx = jnp.concatenate(parts)
+    return idx, jnp.ones(idx.shape, bool)
+
+
+def budgeted(
+    kv_len: jax.Array | int,
+    budget: int,
+    sparse_fn,
+) -> tuple[jax.Array, jax.Array]:
+    """Dense selection when ``kv_len <= budget``, else ``sparse_fn()``; skips the scoring if dense.
+
+    A static ``kv_len`` decides in Python; a traced one through ``lax.cond`` (under ``vmap`` both
+    branches run, and the answer is still exact).
+    """
+    if isinstance(kv_len, int | np.integer):
+        return dense_selection(budget, int(kv_len)) if kv_len <= budget else sparse_fn()
+    kv_len = jnp.asarray(kv_len)
+    return lax.cond(kv_len <= budget, lambda: dense_selection(budget, kv_len), sparse_fn)
+
+
+def select_tokens(
+    q: jax.Array,
+    k: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    top_k: int,
+    n_sink: int,
+    n_local: int,
+    scale: float = 1.0,
+    vote_pool: int = 1,
+    gqa_mapping: str = "group",
+    axis_name: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """TokenSelect: the tokens one decode step attends to (arXiv:2411.02886, Sec. 3).
+
+    ``vote = soft_vote(token_scores(q, k), middle candidates)``; keeps the n_sink first tokens, the
+    top_k middle tokens by vote (ties to the lower index) and the n_local last valid tokens. When
+    ``kv_len <= n_sink + top_k + n_local`` every valid token is kept once (dense-equivalent).
+
+    Args:
+      q: ``[Hq, d]`` scoring query (the mean of the step's queries; see
+        :func:`jaxsel.attention.scoring_query` for the RoPE rotation used with unrotated keys).
+      k: ``[N, Hkv, d]`` key cache of static length N.
+      kv_len: integer scalar (may be traced), number of valid tokens.
+      top_k, n_sink, n_local: static budget parts; ``n_sink + top_k + n_local <= N``. The authors'
+        defaults are 2048, 128, 512.
+      scale: scoring scale (1.0: raw dot products, as the authors' code).
+      vote_pool: size of the max-pooling window over neighbouring votes (1: off, the default).
+      gqa_mapping: ``"group"`` (standard) or ``"modulo"`` (the authors' kernel).
+      axis_name: when the heads are sharded (``shard_map`` over a mesh axis), the name of that axis:
+        each shard votes with its own heads and the votes are summed with ``lax.psum``, so every
+        shard selects the same tokens. Requires the "group" mapping with contiguous head shards.
+
+    Returns:
+      ``(indices, valid)``, each ``[n_sink + top_k + n_local]``: int32 indices sorted ascending and
+      unique, and a bool mask, false only for the padding entries of a dense selection (see the
+      module docstring for how those are represented).
+    """
+    _checks.check_qk(q, k)
+    n = k.shape[0]
+    _checks.check_kv_len(kv_len, n)
+    budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=n)
+    _checks.check_positive_int(vote_pool, "vote_pool")
+    _checks.check_gqa_mapping(gqa_mapping)
+
+    def sparse():
+        votes = jnp.zeros((n,), jnp.float32)
+        if top_k > 0:
+            cand = middle_candidates(n, kv_len, n_sink=n_sink, n_local=n_local)
+            scores = token_scores(q, k, kv_len, scale=scale, gqa_mapping=gqa_mapping)
+            votes = soft_vote(scores, cand)
+            if axis_name is not None:
+                votes = lax.psum(votes, axis_name)
+        return select_from_votes(
+            votes, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, vote_pool=vote_pool
+        )
+
+    return budgeted(kv_len, budget, sparse)

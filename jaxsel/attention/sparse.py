@@ -1,0 +1,118 @@
+"""Attention of one decode step over gathered tokens, and the dense reference.
+
+``o_h = sum_{j in S} softmax_j(scale * q_h . k_{g(h)}[j]) v_{g(h)}[j]`` where S is the selected set
+(:func:`sparse_attention`) or all valid tokens (:func:`dense_attention`). ``scale=None`` means
+``1/sqrt(d)``. Products run in the cache dtype with f32 accumulation; softmax in f32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsel.attention import _checks
+from jaxsel.attention._common import head_scores, head_values, kv_head_of, masked_softmax
+from jaxsel.attention.temperature import adaptive_temperature_softmax
+
+
+def attention_probs(
+    logits: jax.Array, mask: jax.Array, *, adaptive_temperature: bool = False
+) -> jax.Array:
+    """Masked softmax over the last axis, or its adaptive-temperature version (arXiv:2410.01104)."""
+    if adaptive_temperature:
+        return adaptive_temperature_softmax(logits, axis=-1, where=mask)
+    return masked_softmax(logits, mask, axis=-1)
+
+
+def sparse_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    indices: jax.Array,
+    valid: jax.Array,
+    *,
+    scale: float | None = None,
+    gqa_mapping: str = "group",
+    adaptive_temperature: bool = False,
+) -> jax.Array:
+    """Attention of each query head over the gathered tokens ``k[indices], v[indices]`` only.
+
+    Args:
+      q: ``[Hq, d]``.
+      k, v: ``[N, Hkv, d]`` caches.
+      indices: ``[B]`` int (one set shared by all heads, e.g. from :func:`select_tokens`) or
+        ``[Hq, B]`` (one set per query head, e.g. from :func:`per_head_select`). Must lie in
+        ``[0, N)``; entries with ``valid`` false may point anywhere in range and get zero weight.
+      valid: bool, shape of ``indices``.
+      scale: logit scale, ``None`` for ``1/sqrt(d)``.
+      gqa_mapping: "group" or "modulo" (see :func:`token_scores`).
+      adaptive_temperature: use :func:`adaptive_temperature_softmax` instead of softmax.
+
+    Returns:
+      ``[Hq, d]`` in ``result_type(q, v)``; zeros for a head with no valid entry.
+    """
+    hq, _ = _checks.check_qk(q, k)
+    _checks.check_kv(k, v)
+    _checks.check_indices(indices, valid, hq)
+    _checks.check_gqa_mapping(gqa_mapping)
+    d = q.shape[-1]
+    out_dtype = jnp.result_type(q.dtype, v.dtype)
+    scale = _checks.resolve_scale(scale, d)
+    valid = valid.astype(bool)
+    if indices.ndim == 1:
+        s = head_scores(q, k[indices], gqa_mapping) * scale
+        mask = jnp.broadcast_to(valid[None, :], s.shape)
+        p = attention_probs(s, mask, adaptive_temperature=adaptive_temperature)
+        o = head_values(p, v[indices], gqa_mapping)
+    else:
+        kvh = jnp.asarray(kv_head_of(hq, k.shape[1], gqa_mapping))[:, None]
+        kk, vv = k[indices, kvh], v[indices, kvh]  # [Hq, B, d]
+        qc = q.astype(kk.dtype)
+        s = jnp.einsum("hd,hbd->hb", qc, kk, preferred_element_type=jnp.float32) * scale
+        p = attention_probs(s, valid, adaptive_temperature=adaptive_temperature)
+        o = jnp.einsum("hb,hbd->hd", p.astype(vv.dtype), vv, preferred_element_type=jnp.float32)
+    return o.astype(out_dtype)
+
+
+def dense_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    scale: float | None = None,
+    gqa_mapping: str = "group",
+    adaptive_temperature: bool = False,
+) -> jax.Array:
+    """Reference decode attention of ``q [Hq, d]`` over the ``kv_len`` valid tokens of ``k, v``.
+
+    Returns ``[Hq, d]`` in ``result_type(q, v)``; zeros when ``kv_len == 0``.
+    """
+    _checks.check_qk(q, k)
+    _checks.check_kv(k, v)
+    _checks.check_kv_len(kv_len, k.shape[0])
+    _checks.check_gqa_mapping(gqa_mapping)
+    out_dtype = jnp.result_type(q.dtype, v.dtype)
+    scale = _checks.resolve_scale(scale, q.shape[-1])
+    s = head_scores(q, k, gqa_mapping) * scale
+    mask = jnp.broadcast_to(jnp.arange(k.shape[0])[None, :] < kv_len, s.shape)
+    p = attention_probs(s, mask, adaptive_temperature=adaptive_temperature)
+    return head_values(p, v, gqa_mapping).astype(out_dtype)
+
+
+def adaptive_temperature_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    scale: float | None = None,
+    gqa_mapping: str = "group",
+) -> jax.Array:
+    """:func:`dense_attention` with adaptive-temperature softmax (arXiv:2410.01104).
+
+    For the sparse variant pass ``adaptive_temperature=True`` to :func:`sparse_attention`.
+    """
+    return dense_attention(
+        q, k, v, kv_len, scale=scale, gqa_mapping=gqa_mapping, adaptive_temperature=True
+    )
