@@ -1,0 +1,280 @@
+"""Llama-family causal decoder: parameters, pure apply functions and a thin flax NNX wrapper.
+
+The pure functions are the source of truth. They work on ONE sequence (callers ``vmap`` over the
+batch) and on a preallocated cache of static length ``N``:
+
+- :func:`forward_chunk` runs ``C`` new tokens at positions ``start .. start + C - 1``: it writes their
+  keys and values into the cache (keys WITHOUT RoPE, so an attention policy can choose the positions
+  at attention time, as TokenSelect does) and attends with the layer's policy.
+- :func:`forward` is the plain full-sequence call (one chunk into a fresh cache of length T, dense).
+
+Parameters are a plain pytree (dicts of arrays), heads kept as their own axis so that sharding over
+heads is one ``PartitionSpec`` per array:
+
+    embed [V, D]; final_norm [D]; lm_head [D, V] (absent when tied)
+    layers[i]: attn_norm [D], wq [D, Hq, d], wk/wv [D, Hkv, d], wo [Hq, d, D],
+               (bq [Hq, d], bk/bv [Hkv, d] with qkv_bias; bo [D] with o_bias),
+               mlp_norm [D], w_gate/w_up [D, F], w_down [F, D] (b_gate/b_up [F], b_down [D]).
+
+Equations (Touvron et al. 2023, arXiv 2307.09288; Su et al. 2021 RoPE, arXiv 2104.09864):
+RMSNorm(x) = w * x / sqrt(mean(x^2) + eps); MLP(x) = W_down(silu(W_gate x) * W_up x);
+attention softmax(q_h . k_j / sqrt(d)) with head h reading kv head h // (Hq / Hkv).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxsel.models.config import DecoderConfig
+
+Params = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- parameters
+def init_params(key: jax.Array, config: DecoderConfig, *, dtype: Any = jnp.float32) -> Params:
+    """Random parameters (normal, std 0.02; norms at 1; biases at 0), as in HF's initialiser."""
+    c = config
+    D, F, V, Hq, Hkv, d = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.vocab_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+    )
+    keys = iter(jax.random.split(key, 2 + 7 * c.num_layers))
+
+    def normal(shape):
+        return (0.02 * jax.random.normal(next(keys), shape, jnp.float32)).astype(dtype)
+
+    layers = []
+    for _ in range(c.num_layers):
+        lp = {
+            "attn_norm": jnp.ones((D,), dtype),
+            "wq": normal((D, Hq, d)),
+            "wk": normal((D, Hkv, d)),
+            "wv": normal((D, Hkv, d)),
+            "wo": normal((Hq, d, D)),
+            "mlp_norm": jnp.ones((D,), dtype),
+            "w_gate": normal((D, F)),
+            "w_up": normal((D, F)),
+            "w_down": normal((F, D)),
+        }
+        if c.qkv_bias:
+            lp.update(
+                bq=jnp.zeros((Hq, d), dtype),
+                bk=jnp.zeros((Hkv, d), dtype),
+                bv=jnp.zeros((Hkv, d), dtype),
+            )
+        if c.o_bias:
+            lp["bo"] = jnp.zeros((D,), dtype)
+        if c.mlp_bias:
+            lp.update(
+                b_gate=jnp.zeros((F,), dtype),
+                b_up=jnp.zeros((F,), dtype),
+                b_down=jnp.zeros((D,), dtype),
+            )
+        layers.append(lp)
+    params = {"embed": normal((V, D)), "layers": layers, "final_norm": jnp.ones((D,), dtype)}
+    if not c.tie_word_embeddings:
+        params["lm_head"] = normal((D, V))
+    return params
+
+
+def param_shapes(config: DecoderConfig) -> Params:
+    """The expected shape of every parameter (same tree as :func:`init_params`)."""
+    return jax.tree.map(
+        lambda a: a.shape, jax.eval_shape(lambda: init_params(jax.random.key(0), config))
+    )
+
+
+# ----------------------------------------------------------------------------- pure math
+def rms_norm(x: jax.Array, w: jax.Array, *, eps: float) -> jax.Array:
+    """RMSNorm over the last axis, computed in float32, returned in ``x.dtype`` (times ``w``)."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return w * y.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotary embedding, Llama/HF "rotate half" layout.
+
+    x [..., T, H, d] rotated at positions [..., T]: with angle a_i = p * inv_freq_i,
+    (x1, x2) -> (x1 cos a - x2 sin a, x2 cos a + x1 sin a), x1/x2 the two halves of the head.
+    """
+    ang = positions.astype(jnp.float32)[..., None] * inv_freq.astype(jnp.float32)  # [..., T, d/2]
+    cos = jnp.cos(ang)[..., None, :].astype(x.dtype)
+    sin = jnp.sin(ang)[..., None, :].astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def inv_freq_of(config: DecoderConfig) -> jax.Array:
+    return jnp.asarray(config.rope_inv_freq(), jnp.float32)
+
+
+def qkv_projection(lp: Params, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """h [C, D] (normed) -> q [C, Hq, d], k [C, Hkv, d], v [C, Hkv, d] (no RoPE)."""
+    q = jnp.einsum("cD,Dhd->chd", h, lp["wq"])
+    k = jnp.einsum("cD,Dhd->chd", h, lp["wk"])
+    v = jnp.einsum("cD,Dhd->chd", h, lp["wv"])
+    if "bq" in lp:
+        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    return q, k, v
+
+
+def mlp(lp: Params, h: jax.Array) -> jax.Array:
+    """SwiGLU: W_down(silu(W_gate h) * W_up h)."""
+    g = h @ lp["w_gate"]
+    u = h @ lp["w_up"]
+    if "b_gate" in lp:
+        g, u = g + lp["b_gate"], u + lp["b_up"]
+    out = (jax.nn.silu(g) * u) @ lp["w_down"]
+    return out + lp["b_down"] if "b_down" in lp else out
+
+
+def output_projection(lp: Params, o: jax.Array) -> jax.Array:
+    """o [C, Hq, d] -> [C, D]."""
+    out = jnp.einsum("chd,hdD->cD", o, lp["wo"])
+    return out + lp["bo"] if "bo" in lp else out
+
+
+def lm_logits(params: Params, x: jax.Array, config: DecoderConfig) -> jax.Array:
+    """x [C, D] -> float32 logits [C, V] after the final norm."""
+    h = rms_norm(x, params["final_norm"], eps=config.rms_norm_eps)
+    w = params["embed"].T if config.tie_word_embeddings else params["lm_head"]
+    return jnp.dot(h, w, preferred_element_type=jnp.float32)
+
+
+def forward_chunk(
+    params: Params,
+    tokens: jax.Array,
+    cache_k: jax.Array,
+    cache_v: jax.Array,
+    start: jax.Array,
+    *,
+    config: DecoderConfig,
+    policy: Any = None,
+    select_states: Any = None,
+    limit: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
+    """Runs ``C`` new tokens of ONE sequence through the decoder with a KV cache.
+
+    Args:
+      params: the parameter pytree.
+      tokens: int32 ``[C]`` at positions ``start .. start + C - 1``.
+      cache_k, cache_v: ``[L, N, Hkv, d]``; keys are stored without RoPE.
+      start: int32 scalar, the number of tokens already in the cache (traced).
+      config: the decoder's configuration (static).
+      policy: an attention policy from :mod:`jaxsel.models.policies` (static; ``None`` = dense).
+      select_states: per-layer Selection Cache states (decode with a cached TokenSelect policy).
+      limit: int32 scalar; chunk tokens at positions ``>= limit`` are right padding (a sparse
+        policy leaves them out of the chunk's mean query). ``None``: all are real.
+
+    Returns:
+      ``(logits [C, V] float32, cache_k, cache_v, select_states)`` with the chunk written at
+      slots ``start .. start + C - 1`` and ``kv_len = start + C`` valid tokens.
+    """
+    from jaxsel.models import policies as pol
+
+    policy = pol.DENSE if policy is None else policy
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be [C] (one sequence), got shape {tokens.shape}")
+    n_layers, n_cache = cache_k.shape[0], cache_k.shape[1]
+    if n_layers != config.num_layers:
+        raise ValueError(f"cache has {n_layers} layers, config has {config.num_layers}")
+    if tokens.shape[0] > n_cache:
+        raise ValueError(
+            f"chunk of {tokens.shape[0]} tokens does not fit the cache of length {n_cache}"
+        )
+    inv_freq = inv_freq_of(config)
+    dtype = params["embed"].dtype
+    x = params["embed"][tokens].astype(dtype)
+    start = jnp.asarray(start, jnp.int32)
+    new_k, new_v, new_states = [], [], []
+    for i, lp in enumerate(params["layers"]):
+        h = rms_norm(x, lp["attn_norm"], eps=config.rms_norm_eps)
+        q, k, v = qkv_projection(lp, h)
+        ck = jax.lax.dynamic_update_slice(cache_k[i], k.astype(cache_k.dtype), (start, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cache_v[i], v.astype(cache_v.dtype), (start, 0, 0))
+        state = None if select_states is None else select_states[i]
+        o, state = pol.attend(
+            policy,
+            q,
+            ck,
+            cv,
+            start,
+            layer=i,
+            inv_freq=inv_freq,
+            select_state=state,
+            limit=limit,
+        )
+        x = x + output_projection(lp, o.astype(dtype))
+        h = rms_norm(x, lp["mlp_norm"], eps=config.rms_norm_eps)
+        x = x + mlp(lp, h)
+        new_k.append(ck)
+        new_v.append(cv)
+        new_states.append(state)
+    states = None if select_states is None else tuple(new_states)
+    return lm_logits(params, x, config), jnp.stack(new_k), jnp.stack(new_v), states
+
+
+def forward(params: Params, tokens: jax.Array, *, config: DecoderConfig) -> jax.Array:
+    """Full-sequence causal forward of ONE sequence with dense attention: tokens [T] -> [T, V]."""
+    T = tokens.shape[0]
+    shape = (config.num_layers, T, config.num_kv_heads, config.head_dim)
+    dtype = params["embed"].dtype
+    ck, cv = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    logits, *_ = forward_chunk(params, tokens, ck, cv, jnp.int32(0), config=config)
+    return logits
+
+
+# ----------------------------------------------------------------------------- NNX wrapper
+class Decoder(nnx.Module):
+    """Thin flax NNX wrapper: parameters as ``nnx.Param`` leaves, math in the pure functions.
+
+    ``m(tokens [B, T] int32) -> logits [B, T, V]`` (dense, float32). ``m.params_tree()`` returns the
+    plain pytree for the jitted paths (:func:`jaxsel.models.generate.generate`).
+    """
+
+    def __init__(
+        self,
+        config: DecoderConfig,
+        *,
+        rngs: nnx.Rngs | None = None,
+        params: Params | None = None,
+        dtype: Any = jnp.float32,
+    ):
+        self.config = config
+        if params is None:
+            key = rngs.params() if rngs is not None else jax.random.key(0)
+            params = init_params(key, config, dtype=dtype)
+        self.params = nnx.data(jax.tree.map(nnx.Param, params))
+
+    def params_tree(self) -> Params:
+        return jax.tree.map(
+            lambda v: v[...], self.params, is_leaf=lambda v: isinstance(v, nnx.Param)
+        )
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be int [B, T], got {tokens.dtype}{list(tokens.shape)}")
+        return _batched_forward(self.params_tree(), tokens.astype(jnp.int32), self.config)
+
+    def generate(self, prompts: Any, **kwargs: Any) -> np.ndarray:
+        """See :func:`jaxsel.models.generate.generate`."""
+        from jaxsel.models.generate import generate
+
+        return generate(self.params_tree(), self.config, prompts, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _batched_forward(params: Params, tokens: jax.Array, config: DecoderConfig) -> jax.Array:
+    return jax.vmap(lambda t: forward(params, t, config=config))(tokens)

@@ -1,0 +1,228 @@
+"""Attention policies: which cached tokens a layer attends to, and at which RoPE positions.
+
+A policy is a frozen dataclass (hashable, so it is a static argument under ``jit``), chosen per
+call of :func:`jaxsel.models.generate.generate`:
+
+- :class:`Dense` -- every cached token at its original position (the reference).
+- :class:`TokenSelect` -- sinks + top-k middle tokens by per-head soft voting + a local window
+  (Wu et al. 2024, arXiv 2411.02886), with optional Selection Cache and RoPE positions either
+  compacted (``"compact"``: the gathered tokens get positions 0..B-1, so no relative distance exceeds
+  the budget) or original (``"original"``).
+- :class:`Streaming` -- sinks + the recent window only (StreamingLLM, Xiao et al. 2023).
+
+Each policy can use adaptive-temperature softmax (Velickovic et al. 2024, arXiv 2410.01104) and
+keep some layers dense (``dense_layers``, e.g. ``(0, 1)``). Keys are cached without RoPE; RoPE is
+applied at attention time to the tokens a policy gathers.
+
+Prefill (``C > 1`` new tokens) with a sparse policy selects ONCE per chunk with the chunk's mean
+query and attends causally over sinks + selected + the tokens of the current chunk (the chunk plays
+the role of the local window), as the authors' chunked prefill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+POSITION_MODES = ("compact", "original")
+IMPLEMENTATIONS = ("xla", "pallas")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """Dense causal attention over the whole cache."""
+
+    adaptive_temperature: bool = False
+    name: str = dataclasses.field(default="dense", init=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSelect:
+    """TokenSelect attention (arXiv 2411.02886).
+
+    Attributes:
+      n_sink, top_k, n_local: budget parts (sinks, selected middle tokens, recent window).
+      cache_threshold: Selection Cache cosine threshold (decode only); ``None`` selects every step.
+      position_mode: ``"compact"`` or ``"original"`` RoPE positions for the gathered tokens.
+      implementation: ``"xla"`` or ``"pallas"`` (forwarded to :mod:`jaxsel.attention`; falls back
+        to XLA where no kernel is registered).
+      dense_layers: layer indices that attend densely.
+      adaptive_temperature: adaptive-temperature softmax over the attended tokens.
+      vote_pool: max-pooling window over neighbouring votes (1: off).
+    """
+
+    n_sink: int = 4
+    top_k: int = 64
+    n_local: int = 64
+    cache_threshold: float | None = None
+    position_mode: str = "compact"
+    implementation: str = "xla"
+    dense_layers: tuple[int, ...] = ()
+    adaptive_temperature: bool = False
+    vote_pool: int = 1
+    name: str = dataclasses.field(default="tokenselect", init=False)
+
+    def __post_init__(self):
+        _check_budget(self.n_sink, self.n_local, self.top_k)
+        _check_mode(self.position_mode)
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation={self.implementation!r} is not one of {IMPLEMENTATIONS}"
+            )
+        if self.cache_threshold is not None and not -1.0 <= self.cache_threshold <= 1.0:
+            raise ValueError(f"cache_threshold must be in [-1, 1], got {self.cache_threshold=}")
+        object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))
+
+    @property
+    def budget(self) -> int:
+        return self.n_sink + self.top_k + self.n_local
+
+
+@dataclasses.dataclass(frozen=True)
+class Streaming:
+    """StreamingLLM: attention sinks + the most recent ``n_local`` tokens."""
+
+    n_sink: int = 4
+    n_local: int = 128
+    position_mode: str = "compact"
+    dense_layers: tuple[int, ...] = ()
+    adaptive_temperature: bool = False
+    name: str = dataclasses.field(default="streaming", init=False)
+
+    def __post_init__(self):
+        _check_budget(self.n_sink, self.n_local, 0)
+        _check_mode(self.position_mode)
+        object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))
+
+    @property
+    def budget(self) -> int:
+        return self.n_sink + self.n_local
+
+
+Policy = Dense | TokenSelect | Streaming
+DENSE = Dense()
+_BY_NAME = {"dense": Dense, "tokenselect": TokenSelect, "streaming": Streaming}
+
+
+def make_policy(name: str | Policy, **options: Any) -> Policy:
+    """A policy from its name (``"dense"``, ``"tokenselect"``, ``"streaming"``) and options.
+
+    Raises:
+      ValueError: for an unknown name or an option the policy does not have.
+    """
+    if isinstance(name, Dense | TokenSelect | Streaming):
+        return dataclasses.replace(name, **options) if options else name
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown attention policy {name!r}; choose one of {sorted(_BY_NAME)}")
+    cls = _BY_NAME[name]
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"policy {name!r} has no option(s) {unknown}; options: {sorted(fields)}")
+    return cls(**options)
+
+
+def _check_budget(n_sink: int, n_local: int, top_k: int) -> None:
+    for label, val in (("n_sink", n_sink), ("n_local", n_local), ("top_k", top_k)):
+        if not isinstance(val, int) or val < 0:
+            raise ValueError(f"{label} must be a non-negative int, got {label}={val!r}")
+    if n_local < 1:
+        raise ValueError(f"n_local must be >= 1 (the current token is local), got {n_local=}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in POSITION_MODES:
+        raise ValueError(f"position_mode={mode!r} is not one of {POSITION_MODES}")
+
+
+# ----------------------------------------------------------------------------- attention
+def _softmax(logits: jax.Array, mask: jax.Array, adaptive: bool) -> jax.Array:
+    """Masked softmax over the last axis (float32); adaptive temperature when asked."""
+    logits = jnp.where(mask, logits.astype(jnp.float32), -jnp.inf)
+    if adaptive:
+        from jaxsel.attention import adaptive_temperature_softmax
+
+        p = adaptive_temperature_softmax(logits, axis=-1)
+    else:
+        p = jax.nn.softmax(logits, axis=-1)
+    return jnp.where(mask, p, 0.0)
+
+
+def gathered_attention(
+    q: jax.Array,
+    q_pos: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    k_pos: jax.Array,
+    mask: jax.Array,
+    *,
+    inv_freq: jax.Array,
+    adaptive: bool = False,
+) -> jax.Array:
+    """Attention of C queries over M keys given explicit RoPE positions and a mask.
+
+    q [C, Hq, d] at positions q_pos [C]; k, v [M, Hkv, d] (unrotated) at k_pos [M];
+    mask [C, M] bool. Returns [C, Hq, d] float32:
+    o_h = sum_j softmax_j(R(q_pos) q_h . R(k_pos_j) k_j / sqrt(d)) v_j.
+    """
+    from jaxsel.models.decoder import rope
+
+    C, Hq, d = q.shape
+    Hkv = k.shape[1]
+    qr = rope(q, q_pos, inv_freq).reshape(C, Hkv, Hq // Hkv, d)
+    kr = rope(k, k_pos, inv_freq)
+    logits = jnp.einsum("ckgd,mkd->kgcm", qr, kr, preferred_element_type=jnp.float32)
+    p = _softmax(logits * (1.0 / jnp.sqrt(jnp.float32(d))), mask[None, None], adaptive)
+    o = jnp.einsum("kgcm,mkd->ckgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return o.reshape(C, Hq, d)
+
+
+def attend(
+    policy: Policy,
+    q: jax.Array,
+    cache_k: jax.Array,
+    cache_v: jax.Array,
+    start: jax.Array,
+    *,
+    layer: int,
+    inv_freq: jax.Array,
+    select_state: Any = None,
+    limit: jax.Array | None = None,
+) -> tuple[jax.Array, Any]:
+    """One layer's attention for C new queries of one sequence under ``policy``.
+
+    Args:
+      q: ``[C, Hq, d]`` new queries (no RoPE) at positions ``start .. start + C - 1``.
+      cache_k, cache_v: ``[N, Hkv, d]`` with the chunk already written; ``kv_len = start + C``.
+      layer: the layer index (static), checked against ``policy.dense_layers``.
+      limit: positions ``>= limit`` in the chunk are right padding (sparse prefill only).
+
+    Returns:
+      ``(o [C, Hq, d] float32, select_state)``.
+    """
+    C = q.shape[0]
+    N = cache_k.shape[0]
+    q_pos = start + jnp.arange(C, dtype=jnp.int32)
+    adaptive = policy.adaptive_temperature
+    if isinstance(policy, Dense) or layer in policy.dense_layers:
+        k_pos = jnp.arange(N, dtype=jnp.int32)
+        mask = k_pos[None, :] <= q_pos[:, None]
+        o = gathered_attention(
+            q, q_pos, cache_k, cache_v, k_pos, mask, inv_freq=inv_freq, adaptive=adaptive
+        )
+        return o, select_state
+    from jaxsel.models import sparse
+
+    return sparse.attend_sparse(
+        policy,
+        q,
+        cache_k,
+        cache_v,
+        start,
+        inv_freq=inv_freq,
+        select_state=select_state,
+        limit=limit,
+    )
