@@ -6,15 +6,24 @@ Selections are ``(indices [B] int32 sorted ascending, valid [B] bool)`` with
 ``B = n_sink + top_k + n_local``; see :mod:`jaxsel.attention.select` for the padding convention.
 """
 
+from jaxsel.attention.baselines import (
+    dense_select,
+    per_head_select,
+    raw_logit_select,
+    streaming_select,
+)
+from jaxsel.attention.cache import SelectionCacheState, cached_select, query_cosine
 from jaxsel.attention.positions import (
     POSITION_MODES,
     apply_rope,
     gathered_positions,
     rope_frequencies,
+    rope_prefill_attention,
     rope_sparse_attention,
     rotate_half,
     scoring_query,
 )
+from jaxsel.attention.prefill import chunk_attention, prefill_attention, prefill_select
 from jaxsel.attention.select import (
     middle_candidates,
     pool_votes,
@@ -35,15 +44,25 @@ from jaxsel.attention.temperature import (
 
 __all__ = [
     "POSITION_MODES",
+    "SelectionCacheState",
     "adaptive_inverse_temperature",
     "adaptive_temperature_attention",
     "adaptive_temperature_softmax",
     "apply_rope",
+    "cached_select",
+    "chunk_attention",
     "dense_attention",
+    "dense_select",
     "gathered_positions",
     "middle_candidates",
+    "per_head_select",
     "pool_votes",
+    "prefill_attention",
+    "prefill_select",
+    "query_cosine",
+    "raw_logit_select",
     "rope_frequencies",
+    "rope_prefill_attention",
     "rope_sparse_attention",
     "rotate_half",
     "scoring_query",
@@ -51,5 +70,6 @@ __all__ = [
     "select_tokens",
     "soft_vote",
     "sparse_attention",
+    "streaming_select",
     "token_scores",
 ]

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsel.attention import _checks
+from jaxsel.attention.prefill import chunk_attention
 from jaxsel.attention.sparse import sparse_attention
 
 POSITION_MODES = ("original", "compact")
@@ -194,6 +195,56 @@ def rope_sparse_attention(
         jnp.arange(b, dtype=jnp.int32),
         valid,
         scale=scale,
+        gqa_mapping=gqa_mapping,
+        adaptive_temperature=adaptive_temperature,
+    )
+
+
+def rope_prefill_attention(
+    q_chunk: jax.Array,
+    k_chunk: jax.Array,
+    v_chunk: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    indices: jax.Array,
+    valid: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    position_mode: str = "compact",
+    theta: float = 10000.0,
+    scaling: Mapping[str, Any] | None = None,
+    scale: float | None = None,
+    chunk_len: jax.Array | int | None = None,
+    gqa_mapping: str = "group",
+    adaptive_temperature: bool = False,
+) -> jax.Array:
+    """:func:`jaxsel.attention.chunk_attention` with RoPE applied after the gather.
+
+    The chunk's tokens follow the ``kv_len`` past tokens: in ``"original"`` mode past keys sit at
+    ``indices`` and chunk token i at ``kv_len + i``; in ``"compact"`` mode past keys at
+    ``0..n_valid-1`` and chunk token i at ``n_valid + i``. ``q_chunk``, ``k_chunk`` and ``k`` are
+    unrotated.
+    """
+    _checks.check_rank(indices, 1, "indices", "[B] (shared selection)")
+    if position_mode not in POSITION_MODES:
+        raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+    c = q_chunk.shape[0]
+    if position_mode == "original":
+        kpos, start = indices.astype(jnp.int32), jnp.asarray(kv_len, jnp.int32)
+    else:
+        kpos = jnp.arange(indices.shape[0], dtype=jnp.int32)
+        start = jnp.sum(valid.astype(jnp.int32))
+    cpos = start + jnp.arange(c, dtype=jnp.int32)
+    rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling)
+    return chunk_attention(
+        rot(q_chunk, cpos),
+        rot(k_chunk, cpos),
+        v_chunk,
+        rot(k[indices], kpos),
+        v[indices],
+        valid,
+        scale=scale,
+        chunk_len=chunk_len,
         gqa_mapping=gqa_mapping,
         adaptive_temperature=adaptive_temperature,
     )

@@ -1,0 +1,163 @@
+"""TokenSelect chunked prefill (arXiv:2411.02886): select once per chunk, attend causally.
+
+The prompt is processed in chunks (the authors use 512 tokens). For a chunk of C queries after
+``kv_len`` past tokens: select the past tokens once with the chunk's mean query,
+
+    q_bar = mean_i q_chunk[i],   (indices, valid) = select_tokens(q_bar, k, kv_len, ...),
+
+then each chunk query i attends to the selected past tokens and to the chunk tokens j <= i:
+
+    o_i = attention(q_i, {k[indices]} U {k_chunk[j] : j <= i, j < chunk_len}).
+
+When the budget covers the past this is exactly dense causal attention.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsel.attention import _checks
+from jaxsel.attention._common import head_scores, head_values
+from jaxsel.attention.select import select_tokens
+from jaxsel.attention.sparse import attention_probs
+
+
+def _chunk_mask(c: int, chunk_len: jax.Array | int | None) -> jax.Array:
+    i = jnp.arange(c)
+    mask = i[None, :] <= i[:, None]
+    if chunk_len is not None:
+        mask &= i[None, :] < chunk_len
+    return mask
+
+
+def prefill_select(
+    q_chunk: jax.Array,
+    k: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    top_k: int,
+    n_sink: int,
+    n_local: int,
+    scale: float = 1.0,
+    vote_pool: int = 1,
+    gqa_mapping: str = "group",
+    chunk_len: jax.Array | int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """One selection of past tokens for a whole prefill chunk, with the chunk's mean query.
+
+    Args:
+      q_chunk: ``[C, Hq, d]`` the chunk's (scoring) queries.
+      k: ``[N, Hkv, d]`` key cache; only its first ``kv_len`` tokens (the past, before the chunk)
+        are candidates, so the chunk may already be written at ``kv_len..kv_len+C-1``.
+      kv_len: number of past tokens.
+      chunk_len: number of real rows of ``q_chunk`` (the rest is padding); ``None`` = all C.
+      top_k, n_sink, n_local, scale, vote_pool, gqa_mapping: as :func:`select_tokens`.
+
+    Returns:
+      ``(indices, valid)`` over the past, as :func:`select_tokens`.
+    """
+    _checks.check_qk(q_chunk, k, q_name="q_chunk", q_layout="[C, Hq, d]")
+    c = q_chunk.shape[0]
+    rows = jnp.ones((c,), bool) if chunk_len is None else jnp.arange(c) < chunk_len
+    w = rows.astype(jnp.float32) / jnp.maximum(jnp.sum(rows), 1)
+    q_bar = jnp.einsum("c,chd->hd", w, q_chunk.astype(jnp.float32))
+    return select_tokens(
+        q_bar,
+        k,
+        kv_len,
+        top_k=top_k,
+        n_sink=n_sink,
+        n_local=n_local,
+        scale=scale,
+        vote_pool=vote_pool,
+        gqa_mapping=gqa_mapping,
+    )
+
+
+def chunk_attention(
+    q_chunk: jax.Array,
+    k_chunk: jax.Array,
+    v_chunk: jax.Array,
+    k_past: jax.Array,
+    v_past: jax.Array,
+    past_valid: jax.Array,
+    *,
+    scale: float | None = None,
+    chunk_len: jax.Array | int | None = None,
+    gqa_mapping: str = "group",
+    adaptive_temperature: bool = False,
+) -> jax.Array:
+    """Causal attention of a chunk over given past tokens plus itself.
+
+    Args:
+      q_chunk: ``[C, Hq, d]``; ``k_chunk``, ``v_chunk``: ``[C, Hkv, d]``.
+      k_past, v_past: ``[B, Hkv, d]`` the past tokens every chunk query sees (already gathered and,
+        with RoPE, already rotated); ``past_valid [B]`` bool masks them.
+      chunk_len: real rows of the chunk (keys ``>= chunk_len`` are masked); ``None`` = all C.
+
+    Returns:
+      ``[C, Hq, d]`` in ``result_type(q_chunk, v_chunk)``.
+    """
+    _checks.check_qk(q_chunk, k_chunk, q_name="q_chunk", q_layout="[C, Hq, d]")
+    _checks.check_kv(k_chunk, v_chunk)
+    _checks.check_kv(k_past, v_past)
+    _checks.check_gqa_mapping(gqa_mapping)
+    c = q_chunk.shape[0]
+    if k_chunk.shape[0] != c:
+        raise ValueError(
+            f"q_chunk.shape={q_chunk.shape} and k_chunk.shape={k_chunk.shape} differ in C"
+        )
+    if past_valid.shape != k_past.shape[:1]:
+        raise ValueError(f"past_valid.shape={past_valid.shape} must be [B]={k_past.shape[:1]}")
+    scale = _checks.resolve_scale(scale, q_chunk.shape[-1])
+    kk = jnp.concatenate([k_past, k_chunk.astype(k_past.dtype)], axis=0)
+    vv = jnp.concatenate([v_past, v_chunk.astype(v_past.dtype)], axis=0)
+    mask = jnp.concatenate(
+        [
+            jnp.broadcast_to(past_valid.astype(bool), (c, k_past.shape[0])),
+            _chunk_mask(c, chunk_len),
+        ],
+        axis=1,
+    )  # [C, B + C]
+
+    def one(q, m):
+        s = head_scores(q, kk, gqa_mapping) * scale
+        p = attention_probs(
+            s, jnp.broadcast_to(m, s.shape), adaptive_temperature=adaptive_temperature
+        )
+        return head_values(p, vv, gqa_mapping)
+
+    o = jax.vmap(one)(q_chunk, mask)
+    return o.astype(jnp.result_type(q_chunk.dtype, v_chunk.dtype))
+
+
+def prefill_attention(
+    q_chunk: jax.Array,
+    k_chunk: jax.Array,
+    v_chunk: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    indices: jax.Array,
+    valid: jax.Array,
+    *,
+    scale: float | None = None,
+    chunk_len: jax.Array | int | None = None,
+    gqa_mapping: str = "group",
+    adaptive_temperature: bool = False,
+) -> jax.Array:
+    """:func:`chunk_attention` over the past tokens ``k[indices], v[indices]`` (no RoPE here; see
+    :func:`jaxsel.attention.rope_prefill_attention` for a cache of unrotated keys)."""
+    _checks.check_rank(indices, 1, "indices", "[B]")
+    return chunk_attention(
+        q_chunk,
+        k_chunk,
+        v_chunk,
+        k[indices],
+        v[indices],
+        valid,
+        scale=scale,
+        chunk_len=chunk_len,
+        gqa_mapping=gqa_mapping,
+        adaptive_temperature=adaptive_temperature,
+    )
