@@ -63,10 +63,14 @@ def sparse_attention(
         s = head_scores(q, k[indices], gqa_mapping) * scale
         mask = jnp.broadcast_to(valid[None, :], s.shape)
         p = attention_probs(s, mask, adaptive_temperature=adaptive_temperature)
-        o = head_values(p, v[indices], gqa_mapping)
+        # Zero the gathered values of invalid entries: they may point at padding slots holding
+        # anything (even NaN), and 0 * NaN would leak through the zero weight.
+        vv = jnp.where(valid[:, None, None], v[indices], jnp.zeros((), v.dtype))
+        o = head_values(p, vv, gqa_mapping)
     else:
         kvh = jnp.asarray(kv_head_of(hq, k.shape[1], gqa_mapping))[:, None]
         kk, vv = k[indices, kvh], v[indices, kvh]  # [Hq, B, d]
+        vv = jnp.where(valid[:, :, None], vv, jnp.zeros((), v.dtype))
         qc = q.astype(kk.dtype)
         s = jnp.einsum("hd,hbd->hb", qc, kk, preferred_element_type=jnp.float32) * scale
         p = attention_probs(s, valid, adaptive_temperature=adaptive_temperature)
@@ -85,6 +89,9 @@ def dense_attention(
     adaptive_temperature: bool = False,
 ) -> jax.Array:
     """Reference decode attention of ``q [Hq, d]`` over the ``kv_len`` valid tokens of ``k, v``.
+
+    Padding slots (``>= kv_len``) get zero weight; their values must be finite (a zero-initialised
+    cache is), since masking all of ``v`` would cost a pass over the cache.
 
     Returns ``[Hq, d]`` in ``result_type(q, v)``; zeros when ``kv_len == 0``.
     """

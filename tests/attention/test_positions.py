@@ -1,0 +1,153 @@
+"""RoPE helpers and TokenSelect's position modes."""
+
+from __future__ import annotations
+
+import _attention_reference as ref
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsel.attention import (
+    apply_rope,
+    dense_attention,
+    gathered_positions,
+    rope_frequencies,
+    rope_sparse_attention,
+    scoring_query,
+    select_tokens,
+)
+
+LLAMA3 = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+def test_apply_rope_matches_complex_rotation():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3, 16)).astype(np.float32)
+    pos = np.array([0, 1, 7, 100, 2047])
+    got = np.asarray(jax.jit(lambda x, p: apply_rope(x, p, theta=500.0))(x, pos))
+    for t in range(5):
+        np.testing.assert_allclose(got[t], ref.rope(x[t], pos[t], theta=500.0), atol=1e-4)
+    # scalar position for [Hq, d]; batch prefix [B, T] for [B, T, H, d]
+    np.testing.assert_allclose(
+        np.asarray(apply_rope(x[0], 7)), ref.rope(x[0], 7), atol=1e-5, rtol=1e-5
+    )
+    xb = np.stack([x, x])
+    pb = np.stack([pos, pos + 1])
+    gb = np.asarray(apply_rope(xb, pb))
+    np.testing.assert_allclose(gb[1, 2], ref.rope(x[2], pos[2] + 1), atol=1e-4)
+    # relative property: <rope(q, m), rope(k, n)> depends on m - n only
+    q, k = x[0, 0], x[1, 0]
+    a = np.dot(np.asarray(apply_rope(q, 50)), np.asarray(apply_rope(k, 40)))
+    b = np.dot(np.asarray(apply_rope(q, 13)), np.asarray(apply_rope(k, 3)))
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+    with pytest.raises(ValueError, match="prefix"):
+        apply_rope(x, np.arange(3))
+
+
+def test_rope_frequencies_linear_and_llama3_closed_form():
+    base = rope_frequencies(64, theta=10000.0)
+    np.testing.assert_allclose(base, 1.0 / 10000.0 ** (np.arange(0, 64, 2) / 64), rtol=1e-6)
+    lin = rope_frequencies(64, theta=10000.0, scaling={"type": "linear", "factor": 4.0})
+    np.testing.assert_allclose(lin, base / 4.0, rtol=1e-6)
+    l3 = rope_frequencies(128, theta=500000.0, scaling=LLAMA3)
+    b3 = rope_frequencies(128, theta=500000.0)
+    wavelen = 2 * np.pi / b3
+    hi = wavelen < 8192 / 4.0  # short wavelengths kept
+    lo = wavelen > 8192 / 1.0  # long ones divided by the factor
+    np.testing.assert_allclose(l3[hi], b3[hi], rtol=1e-6)
+    np.testing.assert_allclose(l3[lo], b3[lo] / 8.0, rtol=1e-6)
+    mid = ~hi & ~lo
+    assert mid.any() and np.all((l3[mid] < b3[mid]) & (l3[mid] > b3[mid] / 8.0))
+    with pytest.raises(ValueError, match="unsupported rope scaling"):
+        rope_frequencies(64, scaling={"rope_type": "yarn", "factor": 2.0})
+    with pytest.raises(ValueError, match="even"):
+        rope_frequencies(63)
+
+
+def test_rope_matches_hugging_face(torch):
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cfg = transformers.LlamaConfig(
+        hidden_size=128,
+        num_attention_heads=2,
+        max_position_embeddings=16384,
+        rope_parameters={"rope_theta": 500000.0, **LLAMA3},
+    )
+    inv, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    np.testing.assert_allclose(rope_frequencies(64, theta=500000.0, scaling=LLAMA3), inv.numpy())
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 2, 6, 64)).astype(np.float32)  # [B, H, T, d] (HF layout)
+    pos = torch.tensor([[0, 5, 99, 1000, 5000, 12000]])
+    freqs = pos[:, :, None].float() * inv[None, None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    qh, _ = apply_rotary_pos_emb(torch.tensor(x), torch.tensor(x), emb.cos(), emb.sin())
+    ours = apply_rope(np.transpose(x[0], (1, 0, 2)), pos[0].numpy(), theta=500000.0, scaling=LLAMA3)
+    np.testing.assert_allclose(
+        np.transpose(np.asarray(ours), (1, 0, 2)), qh[0].numpy(), atol=2e-4, rtol=1e-4
+    )
+
+
+def rotated_dense(q, k, v, kv_len, positions, q_pos):
+    kr = np.asarray(apply_rope(k, np.asarray(positions)))
+    qr = np.asarray(apply_rope(q, q_pos))
+    return np.asarray(dense_attention(qr, kr, v, kv_len))
+
+
+def make(seed, n=64, hq=8, hkv=2, d=16):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=(hq, d)).astype(np.float32),
+        rng.normal(size=(n, hkv, d)).astype(np.float32),
+        rng.normal(size=(n, hkv, d)).astype(np.float32),
+    )
+
+
+def test_original_mode_equals_standard_rope_attention_when_dense():
+    q, k, v = make(2)
+    kv_len = 20
+    idx, valid = select_tokens(q, k, kv_len, top_k=8, n_sink=4, n_local=12)
+    for mode in ("original", "compact"):  # dense: compact positions are the original ones
+        got = jax.jit(lambda *a, m=mode: rope_sparse_attention(*a, position_mode=m))(
+            q, k, v, idx, valid, kv_len
+        )
+        want = rotated_dense(q, k, v, kv_len, np.arange(64), kv_len - 1)
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+
+
+def test_compact_and_original_modes_when_sparse():
+    q, k, v = make(3)
+    kv_len = 60
+    idx, valid = select_tokens(scoring_query(q, n_local=4), k, kv_len, top_k=6, n_sink=2, n_local=4)
+    ii = np.asarray(idx)
+    kpos, qpos = gathered_positions(idx, valid, kv_len, position_mode="compact")
+    assert np.asarray(kpos).tolist() == list(range(12)) and int(qpos) == 11
+    got_c = np.asarray(rope_sparse_attention(q, k, v, idx, valid, kv_len, position_mode="compact"))
+    kr = np.stack([ref.rope(k[j], p) for p, j in enumerate(ii)])
+    want_c = ref.attention(ref.rope(q, 11), kr, v[ii], list(range(12)))
+    np.testing.assert_allclose(got_c, want_c, atol=1e-4, rtol=1e-4)
+    got_o = np.asarray(rope_sparse_attention(q, k, v, idx, valid, kv_len, position_mode="original"))
+    kr = np.stack([ref.rope(k[j], j) for j in ii])
+    want_o = ref.attention(ref.rope(q, kv_len - 1), kr, v[ii], list(range(12)))
+    np.testing.assert_allclose(got_o, want_o, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="position_mode"):
+        rope_sparse_attention(q, k, v, idx, valid, kv_len, position_mode="absolute")
+
+
+def test_scoring_query_is_rotation_to_n_local():
+    q, _, _ = make(4)
+    np.testing.assert_allclose(
+        np.asarray(scoring_query(q, n_local=512)), ref.rope(q, 512), atol=1e-4, rtol=1e-4
+    )
+    # vmappable over a batch of queries with a leading axis
+    qb = jnp.stack([q, 2 * q])
+    out = jax.vmap(lambda x: scoring_query(x, n_local=3))(qb)
+    np.testing.assert_allclose(np.asarray(out[1]), 2 * ref.rope(q, 3), atol=1e-4, rtol=1e-4)
