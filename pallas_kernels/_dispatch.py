@@ -2,8 +2,11 @@
 
 Rules (shared by every op's ``api.py``):
 
-- ``implementation=None`` picks the best available backend for the default device and falls back to
-  ``"xla"`` with a one-time warning when that backend is missing or raises ``NotImplementedError``.
+- Implementation names: ``"xla"`` (plain JAX, runs everywhere), ``"xla_radix"`` where an op has a
+  second plain-JAX algorithm (also portable), and Pallas backends ``"mosaic_tpu"``, ``"mosaic_gpu"``,
+  ``"triton"`` which need their device, or ``interpret=`` to run on CPU.
+- ``implementation=None`` picks the best registered backend for the default device and falls back to
+  ``"xla"`` with a one-time warning when there is none or it raises ``NotImplementedError``.
 - An explicitly requested backend that cannot run raises, naming the backend and why.
 """
 
@@ -20,9 +23,16 @@ import jax
 _PREFERENCE: dict[str, tuple[str, ...]] = {
     "gpu": ("mosaic_gpu", "triton"),
     "cuda": ("mosaic_gpu", "triton"),
+    "rocm": (),
     "tpu": ("mosaic_tpu",),
     "cpu": (),
 }
+
+#: Implementations that are plain JAX and run on every platform.
+PORTABLE: frozenset[str] = frozenset({"xla", "xla_radix"})
+
+#: The platform each Pallas backend compiles for.
+_BACKEND_PLATFORM: dict[str, str] = {"mosaic_tpu": "tpu", "mosaic_gpu": "gpu", "triton": "gpu"}
 
 
 def default_backend_kind() -> str:
@@ -31,8 +41,9 @@ def default_backend_kind() -> str:
 
 
 def available_implementations(registry: dict[str, Callable[..., Any]] | None = None) -> list[str]:
-    """Names usable on this machine: ``xla`` plus the registered backends of the default platform."""
-    names = ["xla"]
+    """Names usable on this machine without interpret mode: the portable ones plus the registered
+    Pallas backends of the default platform."""
+    names = [n for n in sorted(PORTABLE) if registry is None or n in registry]
     for name in _PREFERENCE.get(default_backend_kind(), ()):
         if registry is None or name in registry:
             names.append(name)
@@ -44,7 +55,7 @@ def _warn_once(op: str, wanted: str, why: str) -> None:
     warnings.warn(
         f"pallas_kernels.{op}: backend {wanted!r} unavailable ({why}); falling back to 'xla'.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
@@ -57,24 +68,33 @@ def dispatch(
 ) -> Any:
     """Calls ``registry[name](*args, **kwargs)`` for the chosen implementation.
 
-    ``registry`` maps implementation names to callables; it must contain ``"xla"``.
+    ``registry`` maps implementation names to callables; it must contain ``"xla"``. Every callable
+    takes the keyword arguments ``block_sizes`` and ``interpret`` (portable ones ignore them).
     """
     if "xla" not in registry:
         raise ValueError(f"{op}: registry must contain 'xla', has {sorted(registry)}")
+    interpret = kwargs.get("interpret", False)
     if implementation is not None:
         if implementation not in registry:
             raise ValueError(
-                f"{op}: unknown implementation={implementation!r}; known: {sorted(registry)}"
+                f"{op}: unknown or unregistered implementation={implementation!r}; "
+                f"registered: {sorted(registry)}"
             )
-        if implementation != "xla" and implementation not in available_implementations(registry):
-            # Interpret mode lets any backend run on CPU; the backend itself decides.
-            if not kwargs.get("interpret", False):
+        if implementation not in PORTABLE and not interpret:
+            platform = _BACKEND_PLATFORM.get(implementation)
+            here = default_backend_kind()
+            if (
+                platform is not None
+                and here != platform
+                and not (platform == "gpu" and here in ("cuda", "gpu"))
+            ):
                 raise RuntimeError(
-                    f"{op}: implementation={implementation!r} cannot run on platform "
-                    f"{default_backend_kind()!r} (pass interpret=True to run it interpreted)"
+                    f"{op}: implementation={implementation!r} needs a {platform!r} device but the "
+                    f"default backend is {here!r} (pass interpret=True to run it interpreted)"
                 )
         return registry[implementation](*args, **kwargs)
-    for name in _PREFERENCE.get(default_backend_kind(), ()):
+    preferred = _PREFERENCE.get(default_backend_kind(), ())
+    for name in preferred:
         if name in registry:
             try:
                 return registry[name](*args, **kwargs)
@@ -82,8 +102,6 @@ def dispatch(
                 _warn_once(op, name, str(e))
                 break
     else:
-        preferred = _PREFERENCE.get(default_backend_kind(), ())
         if preferred:
-            _warn_once(op, preferred[0], "not registered")
-    kwargs.pop("interpret", None)
+            _warn_once(op, preferred[0], "not registered for this op")
     return registry["xla"](*args, **kwargs)

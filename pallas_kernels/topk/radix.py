@@ -1,0 +1,79 @@
+"""Radix select in plain JAX: the algorithm the Pallas kernels implement, written for XLA.
+
+For one row of int32 keys (:func:`~pallas_kernels.topk.reference.sortable_keys`) and ``k``:
+
+1. Threshold. ``T`` = the k-th largest key = the largest ``t`` with ``count(key >= t) >= k``. It is
+   found from the top bit down, ``radix_bits`` bits per pass: with the bits decided so far in ``lo``,
+   count ``c_d = count(key >= lo + d * 2**shift)`` for every digit ``d`` (a cumulative per-digit
+   histogram, counted with compares only: no scatter, no sort), and keep the largest ``d`` with
+   ``c_d >= k``. The search runs on the bit pattern ``U = key ^ INT_MIN`` (unsigned order) so that
+   building candidates is a bitwise OR; candidates are compared back in the signed domain.
+2. Ties. ``need = k - count(key > T) >= 1`` of the keys equal to ``T`` are taken, lowest index first.
+3. Compaction: the selected indices in ascending index order (``nonzero`` here; the kernels compact
+   tile by tile without a prefix-sum primitive).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels.topk.reference import sortable_keys
+
+INT_MIN = jnp.iinfo(jnp.int32).min
+
+
+def digit_candidates(lo_u: jax.Array, shift: jax.Array | int, radix_bits: int) -> jax.Array:
+    """``[2**radix_bits]`` signed candidate thresholds ``(lo_u | d << shift) ^ INT_MIN``."""
+    d = jnp.arange(1 << radix_bits, dtype=jnp.int32)
+    return (lo_u | lax.shift_left(d, jnp.asarray(shift, jnp.int32))) ^ jnp.int32(INT_MIN)
+
+
+def next_digit(counts: jax.Array, k: jax.Array | int) -> jax.Array:
+    """Largest ``d`` with ``counts[d] >= k`` given non-increasing counts and ``counts[0] >= k``."""
+    return jnp.sum(counts[1:] >= k).astype(jnp.int32)
+
+
+def kth_largest_key(keys: jax.Array, k: int, *, radix_bits: int = 4) -> jax.Array:
+    """The k-th largest entry of the int32 row ``keys`` (``[N]``), by radix descent."""
+
+    def one_pass(i: jax.Array, lo_u: jax.Array) -> jax.Array:
+        shift = 32 - radix_bits * (i + 1)
+        cands = digit_candidates(lo_u, shift, radix_bits)
+        counts = jnp.sum(keys[None, :] >= cands[:, None], axis=1, dtype=jnp.int32)
+        return lo_u | lax.shift_left(next_digit(counts, k), shift)
+
+    lo_u = lax.fori_loop(0, 32 // radix_bits, one_pass, jnp.int32(0))
+    return lo_u ^ jnp.int32(INT_MIN)
+
+
+def select_mask(keys: jax.Array, k: int, *, radix_bits: int = 4) -> jax.Array:
+    """``[N]`` bool, true on exactly the top-``k`` keys (ties to the lower index)."""
+    t = kth_largest_key(keys, k, radix_bits=radix_bits)
+    tie = keys == t
+    need = k - jnp.sum(keys > t, dtype=jnp.int32)
+    return (keys > t) | (tie & (jnp.cumsum(tie, dtype=jnp.int32) <= need))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "radix_bits"))
+def topk_set_radix(x: jax.Array, k: int, *, radix_bits: int = 4) -> jax.Array:
+    """Indices ``[..., k]`` int32 of the top-``k`` entries of each row, in ascending index order."""
+
+    def row(xr: jax.Array) -> jax.Array:
+        mask = select_mask(sortable_keys(xr), k, radix_bits=radix_bits)
+        return jnp.nonzero(mask, size=k)[0].astype(jnp.int32)
+
+    flat = x.reshape(-1, x.shape[-1])
+    return jax.vmap(row)(flat).reshape(*x.shape[:-1], k)
+
+
+@jax.jit
+def order_by_value(x: jax.Array, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Reorders a top-k set (``[..., k]`` indices into ``x``) to descending value, ties by index."""
+    vals = jnp.take_along_axis(x, indices, axis=-1)
+    keys = sortable_keys(vals)
+    _, idx = lax.sort((~keys, indices), dimension=indices.ndim - 1, num_keys=2)
+    return jnp.take_along_axis(x, idx, axis=-1), idx
