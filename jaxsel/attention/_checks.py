@@ -44,14 +44,18 @@ def check_kv(k: Any, v: Any) -> None:
         raise ValueError(f"k and v must agree on [N, Hkv]: k.shape={k.shape}, v.shape={v.shape}")
 
 
-def check_kv_len(kv_len: Any, n: int, name: str = "kv_len") -> None:
-    """``kv_len`` must be an integer scalar (Python int or integer array); a static one in [0, N]."""
+def check_kv_len(kv_len: Any, n: int, name: str = "kv_len") -> Any:
+    """``kv_len`` must be an integer scalar (Python int or integer array); a static one in [0, N].
+
+    Returns it as a Python int (static) or an int32 array clipped to [0, N] (traced values cannot be
+    checked, so out-of-range ones behave like the nearest end instead of indexing out of range).
+    """
     if isinstance(kv_len, bool | np.bool_):
         raise ValueError(f"{name} must be an integer scalar, got a bool {kv_len!r}")
     if isinstance(kv_len, int | np.integer):
         if not 0 <= int(kv_len) <= n:
             raise ValueError(f"{name}={int(kv_len)} must lie in [0, N={n}]")
-        return
+        return int(kv_len)
     dtype = getattr(kv_len, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
         raise ValueError(
@@ -63,6 +67,7 @@ def check_kv_len(kv_len: Any, n: int, name: str = "kv_len") -> None:
             f"{name} must be a scalar (vmap over sequences for a batch), got shape "
             f"{jnp.shape(kv_len)}"
         )
+    return jnp.clip(jnp.asarray(kv_len, jnp.int32), 0, n)
 
 
 def check_budget(*, top_k: int, n_sink: int, n_local: int, n: int) -> int:

@@ -28,11 +28,12 @@ from jaxsel.attention.select import (
 )
 
 
-def _check(q, k, kv_len, top_k, n_sink, n_local, gqa_mapping) -> int:
+def _check(q, k, kv_len, top_k, n_sink, n_local, gqa_mapping):
     _checks.check_qk(q, k)
-    _checks.check_kv_len(kv_len, k.shape[0])
+    kv_len = _checks.check_kv_len(kv_len, k.shape[0])
     _checks.check_gqa_mapping(gqa_mapping)
-    return _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=k.shape[0])
+    budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=k.shape[0])
+    return budget, kv_len
 
 
 def streaming_select(
@@ -50,7 +51,7 @@ def streaming_select(
 
     ``q`` and ``scale`` are unused (kept so every selector has one signature).
     """
-    budget = _check(q, k, kv_len, top_k, n_sink, n_local, gqa_mapping)
+    budget, kv_len = _check(q, k, kv_len, top_k, n_sink, n_local, gqa_mapping)
     window = top_k + n_local
 
     def sparse():
@@ -77,7 +78,7 @@ def raw_logit_select(
     gqa_mapping: str = "group",
 ) -> tuple[jax.Array, jax.Array]:
     """InfLLM-style ranking: top_k middle tokens by ``sum_h scale * q_h . k_{g(h)}[j]``."""
-    budget = _check(q, k, kv_len, top_k, n_sink, n_local, gqa_mapping)
+    budget, kv_len = _check(q, k, kv_len, top_k, n_sink, n_local, gqa_mapping)
 
     def sparse():
         votes = jnp.sum(token_scores(q, k, kv_len, scale=scale, gqa_mapping=gqa_mapping), axis=0)
@@ -103,7 +104,7 @@ def per_head_select(
       ``(indices [Hq, B], valid [Hq, B])``, each row in the shared format; feed them to
       :func:`jaxsel.attention.sparse_attention`, which accepts per-head index sets.
     """
-    budget = _check(q, k, kv_len, top_k, n_sink, n_local, gqa_mapping)
+    budget, kv_len = _check(q, k, kv_len, top_k, n_sink, n_local, gqa_mapping)
     hq = q.shape[0]
 
     def dense():
@@ -134,5 +135,5 @@ def dense_select(
 ) -> tuple[jax.Array, jax.Array]:
     """Every valid token: ``(arange(N), arange(N) < kv_len)``; the budget arguments are ignored."""
     _checks.check_qk(q, k)
-    _checks.check_kv_len(kv_len, k.shape[0])
+    kv_len = _checks.check_kv_len(kv_len, k.shape[0])
     return dense_selection(k.shape[0], kv_len)

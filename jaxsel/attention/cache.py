@@ -110,7 +110,7 @@ def cached_select(
     """
     _checks.check_qk(q, k)
     n = k.shape[0]
-    _checks.check_kv_len(kv_len, n)
+    kv_len = _checks.check_kv_len(kv_len, n)
     budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=n)
     if state.indices.shape != (budget,) or state.query.shape != q.shape:
         raise ValueError(

@@ -59,7 +59,7 @@ def token_scores(
       ``[Hq, N]`` float32, ``-inf`` at padding positions.
     """
     _checks.check_qk(q, k)
-    _checks.check_kv_len(kv_len, k.shape[0])
+    kv_len = _checks.check_kv_len(kv_len, k.shape[0])
     _checks.check_gqa_mapping(gqa_mapping)
     s = head_scores(q, k, gqa_mapping) * jnp.float32(scale)
     pos = jnp.arange(k.shape[0])
@@ -207,7 +207,7 @@ def select_tokens(
     """
     _checks.check_qk(q, k)
     n = k.shape[0]
-    _checks.check_kv_len(kv_len, n)
+    kv_len = _checks.check_kv_len(kv_len, n)
     budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=n)
     _checks.check_positive_int(vote_pool, "vote_pool")
     _checks.check_gqa_mapping(gqa_mapping)

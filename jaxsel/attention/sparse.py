@@ -97,7 +97,7 @@ def dense_attention(
     """
     _checks.check_qk(q, k)
     _checks.check_kv(k, v)
-    _checks.check_kv_len(kv_len, k.shape[0])
+    kv_len = _checks.check_kv_len(kv_len, k.shape[0])
     _checks.check_gqa_mapping(gqa_mapping)
     out_dtype = jnp.result_type(q.dtype, v.dtype)
     scale = _checks.resolve_scale(scale, q.shape[-1])
