@@ -13,10 +13,7 @@ cache (or the policy's selection). For prompts shorter than the window (4096 for
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
-
-import numpy as np
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 
@@ -97,26 +94,25 @@ class DecoderConfig:
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads
 
-    def rope_inv_freq(self) -> np.ndarray:
-        """Inverse frequencies ``[head_dim // 2]`` (float64 NumPy; cast at use).
+    def rope_scaling_dict(self) -> dict[str, Any] | None:
+        """RoPE scaling as the Hugging Face dict :func:`jaxsel.attention.apply_rope` takes.
 
-        theta_i = rope_theta^(-2i/d); Llama 3.1 scaling divides low frequencies (wavelength above
-        original_max / low_freq_factor) by ``factor``, keeps high ones (wavelength below
-        original_max / high_freq_factor) and interpolates linearly in between.
+        Llama 3.1 ("llama3") divides low frequencies (wavelength above original_max /
+        low_freq_factor) by ``factor``, keeps high ones (below original_max / high_freq_factor)
+        and blends linearly in between; "linear" divides all by ``factor``.
         """
-        d = self.head_dim
-        inv = 1.0 / (self.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
         s = self.rope_scaling
         if s is None:
-            return inv
+            return None
         if s.kind == "linear":
-            return inv / s.factor
-        old = s.original_max_position_embeddings
-        low_wl, high_wl = old / s.low_freq_factor, old / s.high_freq_factor
-        wavelen = 2 * math.pi / inv
-        smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
-        mid = (1 - smooth) * inv / s.factor + smooth * inv
-        return np.where(wavelen > low_wl, inv / s.factor, np.where(wavelen < high_wl, inv, mid))
+            return {"rope_type": "linear", "factor": s.factor}
+        return {
+            "rope_type": "llama3",
+            "factor": s.factor,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_max_position_embeddings,
+        }
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> DecoderConfig:

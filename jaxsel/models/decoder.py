@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxsel.attention import apply_rope
 from jaxsel.models.config import DecoderConfig
 
 Params = dict[str, Any]
@@ -102,21 +103,9 @@ def rms_norm(x: jax.Array, w: jax.Array, *, eps: float) -> jax.Array:
     return w * y.astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotary embedding, Llama/HF "rotate half" layout.
-
-    x [..., T, H, d] rotated at positions [..., T]: with angle a_i = p * inv_freq_i,
-    (x1, x2) -> (x1 cos a - x2 sin a, x2 cos a + x1 sin a), x1/x2 the two halves of the head.
-    """
-    ang = positions.astype(jnp.float32)[..., None] * inv_freq.astype(jnp.float32)  # [..., T, d/2]
-    cos = jnp.cos(ang)[..., None, :].astype(x.dtype)
-    sin = jnp.sin(ang)[..., None, :].astype(x.dtype)
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def inv_freq_of(config: DecoderConfig) -> jax.Array:
-    return jnp.asarray(config.rope_inv_freq(), jnp.float32)
+def rope(x: jax.Array, positions: jax.Array, config: DecoderConfig) -> jax.Array:
+    """RoPE of ``x [T, H, d]`` at ``positions [T]`` with the config's theta and scaling."""
+    return apply_rope(x, positions, theta=config.rope_theta, scaling=config.rope_scaling_dict())
 
 
 def qkv_projection(lp: Params, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -193,7 +182,6 @@ def forward_chunk(
         raise ValueError(
             f"chunk of {tokens.shape[0]} tokens does not fit the cache of length {n_cache}"
         )
-    inv_freq = inv_freq_of(config)
     dtype = params["embed"].dtype
     x = params["embed"][tokens].astype(dtype)
     start = jnp.asarray(start, jnp.int32)
@@ -211,7 +199,7 @@ def forward_chunk(
             cv,
             start,
             layer=i,
-            inv_freq=inv_freq,
+            config=config,
             select_state=state,
             limit=limit,
         )

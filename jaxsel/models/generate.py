@@ -14,7 +14,6 @@ per step.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -114,9 +113,10 @@ def prefill(
 def _select_states(policy: pol.Policy, config: DecoderConfig, batch: int) -> Any:
     if not isinstance(policy, pol.TokenSelect) or policy.cache_threshold is None:
         return None
-    from jaxsel.models.sparse import init_select_state
-
-    one = tuple(init_select_state(policy, config) for _ in range(config.num_layers))
+    one = tuple(
+        None if i in policy.dense_layers else pol.init_select_state(policy, config)
+        for i in range(config.num_layers)
+    )
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape)), one)
 
 
@@ -190,7 +190,7 @@ def generate_jit(
             logits, keys
         )
         if states is not None:
-            hits = hits + sum(s.hit.astype(jnp.float32) for s in _hits(states))
+            hits = sum(s.hits for s in states if s is not None).astype(jnp.float32)
         nxt = jnp.where(done, pad_id, nxt)
         if eos_id is not None:
             done = done | (nxt == eos_id)
@@ -198,11 +198,8 @@ def generate_jit(
 
     init = (cache.k, cache.v, lengths - 1, last, jnp.zeros((B,), bool), states, jnp.zeros((B,)))
     (_, _, _, _, _, _, hits), out = jax.lax.scan(step, init, jax.random.split(key, max_new_tokens))
-    return out.T, hits / (max_new_tokens * config.num_layers)
-
-
-def _hits(states: Any) -> Sequence[Any]:
-    return states
+    n_cached = 0 if states is None else sum(s is not None for s in states)
+    return out.T, hits / max(max_new_tokens * n_cached, 1)
 
 
 def generate(

@@ -22,10 +22,13 @@ the role of the local window), as the authors' chunked prefill.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from jaxsel.models.config import DecoderConfig
 
 POSITION_MODES = ("compact", "original")
 IMPLEMENTATIONS = ("xla", "pallas")
@@ -47,8 +50,9 @@ class TokenSelect:
       n_sink, top_k, n_local: budget parts (sinks, selected middle tokens, recent window).
       cache_threshold: Selection Cache cosine threshold (decode only); ``None`` selects every step.
       position_mode: ``"compact"`` or ``"original"`` RoPE positions for the gathered tokens.
-      implementation: ``"xla"`` or ``"pallas"`` (forwarded to :mod:`jaxsel.attention`; falls back
-        to XLA where no kernel is registered).
+      implementation: ``"xla"`` or ``"pallas"``: forwarded to
+        :func:`jaxsel.attention.select_tokens` when it takes an ``implementation`` argument;
+        until the Pallas kernels land there, ``"pallas"`` runs the XLA path.
       dense_layers: layer indices that attend densely.
       adaptive_temperature: adaptive-temperature softmax over the attended tokens.
       vote_pool: max-pooling window over neighbouring votes (1: off).
@@ -139,18 +143,6 @@ def _check_mode(mode: str) -> None:
 
 
 # ----------------------------------------------------------------------------- attention
-def _softmax(logits: jax.Array, mask: jax.Array, adaptive: bool) -> jax.Array:
-    """Masked softmax over the last axis (float32); adaptive temperature when asked."""
-    logits = jnp.where(mask, logits.astype(jnp.float32), -jnp.inf)
-    if adaptive:
-        from jaxsel.attention import adaptive_temperature_softmax
-
-        p = adaptive_temperature_softmax(logits, axis=-1)
-    else:
-        p = jax.nn.softmax(logits, axis=-1)
-    return jnp.where(mask, p, 0.0)
-
-
 def gathered_attention(
     q: jax.Array,
     q_pos: jax.Array,
@@ -159,25 +151,66 @@ def gathered_attention(
     k_pos: jax.Array,
     mask: jax.Array,
     *,
-    inv_freq: jax.Array,
+    config: DecoderConfig,
     adaptive: bool = False,
 ) -> jax.Array:
-    """Attention of C queries over M keys given explicit RoPE positions and a mask.
+    """Dense attention of C queries over M keys given explicit RoPE positions and a mask.
 
-    q [C, Hq, d] at positions q_pos [C]; k, v [M, Hkv, d] (unrotated) at k_pos [M];
-    mask [C, M] bool. Returns [C, Hq, d] float32:
-    o_h = sum_j softmax_j(R(q_pos) q_h . R(k_pos_j) k_j / sqrt(d)) v_j.
+    q [C, Hq, d] at positions q_pos [C]; k, v [M, Hkv, d] (unrotated) at k_pos [M]; mask [C, M].
+    Returns [C, Hq, d] float32: o_h = sum_j softmax_j(R(q_pos) q_h . R(k_pos_j) k_j / sqrt(d)) v_j
+    (adaptive-temperature softmax, arXiv 2410.01104, when ``adaptive``). The plain path of
+    training, HF parity and the dense policy; sparse policies use :mod:`jaxsel.attention`.
     """
+    from jaxsel.attention import adaptive_temperature_softmax
     from jaxsel.models.decoder import rope
 
     C, Hq, d = q.shape
     Hkv = k.shape[1]
-    qr = rope(q, q_pos, inv_freq).reshape(C, Hkv, Hq // Hkv, d)
-    kr = rope(k, k_pos, inv_freq)
+    qr = rope(q, q_pos, config).reshape(C, Hkv, Hq // Hkv, d)
+    kr = rope(k, k_pos, config)
     logits = jnp.einsum("ckgd,mkd->kgcm", qr, kr, preferred_element_type=jnp.float32)
-    p = _softmax(logits * (1.0 / jnp.sqrt(jnp.float32(d))), mask[None, None], adaptive)
+    logits = jnp.where(mask[None, None], logits * (1.0 / jnp.sqrt(jnp.float32(d))), -jnp.inf)
+    if adaptive:
+        p = adaptive_temperature_softmax(logits, axis=-1)
+    else:
+        p = jax.nn.softmax(logits, axis=-1)
     o = jnp.einsum("kgcm,mkd->ckgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return o.reshape(C, Hq, d)
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
+
+
+def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None):
+    """Indices over the first ``kv_len`` cached tokens for the scoring query ``sq``.
+
+    ``sq`` is ``[Hq, d]`` (decode) or ``[C, Hq, d]`` (a prefill chunk: its mean query selects).
+    """
+    import jaxsel.attention as A
+
+    if isinstance(policy, Streaming):
+        q1 = sq if sq.ndim == 2 else sq[0]
+        idx, valid = A.streaming_select(
+            q1, cache_k, kv_len, top_k=0, n_sink=policy.n_sink, n_local=policy.n_local
+        )
+        return idx, valid, state
+    kw = dict(top_k=policy.top_k, n_sink=policy.n_sink, n_local=policy.n_local)
+    kw["vote_pool"] = policy.vote_pool
+    if sq.ndim == 3:
+        idx, valid = A.prefill_select(sq, cache_k, kv_len, chunk_len=chunk_len, **kw)
+        return idx, valid, state
+    if state is not None:
+        idx, valid, state, _ = A.cached_select(
+            state, sq, cache_k, kv_len, threshold=policy.cache_threshold, **kw
+        )
+        return idx, valid, state
+    if policy.implementation != "xla" and _accepts(A.select_tokens, "implementation"):
+        kw["implementation"] = policy.implementation
+    idx, valid = A.select_tokens(sq, cache_k, kv_len, **kw)
+    return idx, valid, state
 
 
 def attend(
@@ -188,7 +221,7 @@ def attend(
     start: jax.Array,
     *,
     layer: int,
-    inv_freq: jax.Array,
+    config: DecoderConfig,
     select_state: Any = None,
     limit: jax.Array | None = None,
 ) -> tuple[jax.Array, Any]:
@@ -198,31 +231,74 @@ def attend(
       q: ``[C, Hq, d]`` new queries (no RoPE) at positions ``start .. start + C - 1``.
       cache_k, cache_v: ``[N, Hkv, d]`` with the chunk already written; ``kv_len = start + C``.
       layer: the layer index (static), checked against ``policy.dense_layers``.
-      limit: positions ``>= limit`` in the chunk are right padding (sparse prefill only).
+      select_state: this layer's Selection Cache state (decode with a cache threshold) or None.
+      limit: positions ``>= limit`` in the chunk are right padding (left out of a prefill
+        chunk's mean query).
 
     Returns:
       ``(o [C, Hq, d] float32, select_state)``.
+
+    Decode (C == 1) selects with the current query rotated to position n_local (the authors'
+    scoring query) over all cached tokens including the current one, then attends over the gathered
+    tokens at compact or original positions. A prefill chunk (C > 1) selects over the tokens before
+    it with its mean scoring query and attends causally over those plus itself.
     """
+    import jaxsel.attention as A
+
     C = q.shape[0]
     N = cache_k.shape[0]
-    q_pos = start + jnp.arange(C, dtype=jnp.int32)
     adaptive = policy.adaptive_temperature
     if isinstance(policy, Dense) or layer in policy.dense_layers:
+        q_pos = start + jnp.arange(C, dtype=jnp.int32)
         k_pos = jnp.arange(N, dtype=jnp.int32)
         mask = k_pos[None, :] <= q_pos[:, None]
         o = gathered_attention(
-            q, q_pos, cache_k, cache_v, k_pos, mask, inv_freq=inv_freq, adaptive=adaptive
+            q, q_pos, cache_k, cache_v, k_pos, mask, config=config, adaptive=adaptive
         )
         return o, select_state
-    from jaxsel.models import sparse
-
-    return sparse.attend_sparse(
-        policy,
+    rope_kw = dict(theta=config.rope_theta, scaling=config.rope_scaling_dict())
+    sq = A.scoring_query(q, n_local=policy.n_local, **rope_kw)
+    mode = policy.position_mode
+    if C == 1:
+        kv_len = start + 1
+        idx, valid, select_state = _select(policy, sq[0], cache_k, kv_len, select_state)
+        o = A.rope_sparse_attention(
+            q[0],
+            cache_k,
+            cache_v,
+            idx,
+            valid,
+            kv_len,
+            position_mode=mode,
+            adaptive_temperature=adaptive,
+            **rope_kw,
+        )
+        return o[None].astype(jnp.float32), select_state
+    chunk_len = None if limit is None else jnp.clip(limit - start, 1, C)
+    idx, valid, _ = _select(policy, sq, cache_k, start, None, chunk_len=chunk_len)
+    k_chunk = jax.lax.dynamic_slice_in_dim(cache_k, start, C, axis=0)
+    v_chunk = jax.lax.dynamic_slice_in_dim(cache_v, start, C, axis=0)
+    o = A.rope_prefill_attention(
         q,
+        k_chunk,
+        v_chunk,
         cache_k,
         cache_v,
+        idx,
+        valid,
         start,
-        inv_freq=inv_freq,
-        select_state=select_state,
-        limit=limit,
+        position_mode=mode,
+        adaptive_temperature=adaptive,
+        **rope_kw,
+    )
+    return o.astype(jnp.float32), select_state
+
+
+def init_select_state(policy: TokenSelect, config: DecoderConfig) -> Any:
+    """An empty Selection Cache state for one layer of one sequence."""
+    from jaxsel.attention import SelectionCacheState
+
+    q = jax.ShapeDtypeStruct((config.num_heads, config.head_dim), jnp.float32)
+    return SelectionCacheState.init(
+        q, top_k=policy.top_k, n_sink=policy.n_sink, n_local=policy.n_local
     )

@@ -160,23 +160,14 @@ def test_loader_errors_name_the_problem(tmp_path):
         load_hf_checkpoint(tmp_path / "nofile")
 
 
-def test_config_rope_scaling_matches_closed_form():
-    c = DecoderConfig(
-        vocab_size=8,
-        hidden_size=64,
-        intermediate_size=8,
-        num_layers=1,
-        num_heads=1,
-        num_kv_heads=1,
-        rope_theta=500000.0,
-        rope_scaling=__import__("jaxsel.models.config", fromlist=["RopeScaling"]).RopeScaling(
-            factor=8.0, original_max_position_embeddings=8192
-        ),
-    )
-    base = 1.0 / 500000.0 ** (np.arange(0, 64, 2) / 64)
-    got = c.rope_inv_freq()
-    wl = 2 * np.pi / base
-    assert np.allclose(got[wl < 8192 / 4], base[wl < 8192 / 4])
-    assert np.allclose(got[wl > 8192], base[wl > 8192] / 8)
-    mid = (wl >= 8192 / 4) & (wl <= 8192)
-    assert np.all((got[mid] <= base[mid]) & (got[mid] >= base[mid] / 8))
+def test_config_reads_hf_rope_formats():
+    base = {"architectures": ["LlamaForCausalLM"], **TINY, "num_key_value_heads": 2}
+    v4 = dict(base, rope_theta=5e5, rope_scaling={"type": "linear", "factor": 2.0})
+    v5 = dict(base, rope_parameters={"rope_theta": 5e5, "rope_type": "linear", "factor": 2.0})
+    c4, c5 = DecoderConfig.from_hf_dict(v4), DecoderConfig.from_hf_dict(v5)
+    assert c4 == c5
+    assert c4.rope_theta == 5e5 and c4.rope_scaling_dict() == {"rope_type": "linear", "factor": 2.0}
+    with pytest.raises(ValueError, match="unsupported rope type 'yarn'"):
+        DecoderConfig.from_hf_dict(dict(base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+    with pytest.raises(ValueError, match="multiple of num_kv_heads=3"):
+        DecoderConfig.from_hf_dict(dict(base, num_key_value_heads=3))

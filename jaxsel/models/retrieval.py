@@ -1,0 +1,268 @@
+"""Synthetic long-context retrieval: passkey and multi-key associative recall, plus training.
+
+Both tasks hide short "needles" in random filler and ask for them at the end, so answering needs an
+induction circuit: a previous-token head writes "my predecessor is X" into each needle token, and a
+content head at the question matches X by ``q . k``. The question token and the needle share that
+content, which is what lets TokenSelect's ``q . k`` soft vote find the needle in a long cache.
+
+Vocabulary (64 ids): PAD 0, BOS 1, QUERY 2, PASS 3, SEP 4; keys 8..31; values 32..47;
+filler 48..63.
+
+- Associative recall (AR): ``n_pairs`` facts ``SEP k v`` (distinct keys) at random places in the
+  filler; training asks all of them (``QUERY k v`` per fact, shuffled) after the context; evaluation
+  asks one: prompt ``... QUERY k`` -> answer ``v``.
+- Passkey: one needle ``PASS v1 .. v4`` (distinct values) in the filler; question ``QUERY PASS`` ->
+  answer ``v1 v2 v3 v4``.
+
+Training (``make_train(config) -> train(key)``, ``lax.scan`` inside) minimises cross-entropy on the
+answer tokens only, at one fixed training length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxsel.models.config import DecoderConfig
+from jaxsel.models.decoder import Params, forward, init_params
+
+PAD, BOS, QUERY, PASS, SEP = 0, 1, 2, 3, 4
+KEY0, N_KEYS = 8, 24
+VAL0, N_VALUES = 32, 16
+FILL0, N_FILL = 48, 16
+VOCAB = 64
+PASSKEY_LEN = 4
+ANSWER_LEN = PASSKEY_LEN  # generated tokens per question (AR reads the first)
+
+ASSET_DIR = Path(__file__).parent / "assets" / "retrieval"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training of the retrieval model (all static)."""
+
+    train_len: int = 128
+    n_pairs: int = 8
+    batch_size: int = 32
+    steps: int = 3000
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    rope_theta: float = 10000.0
+
+    def model_config(self) -> DecoderConfig:
+        return DecoderConfig(
+            vocab_size=VOCAB,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            rope_theta=self.rope_theta,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=self.train_len,
+        )
+
+
+# ----------------------------------------------------------------------------- data
+def _context(key: jax.Array, ctx_len: int, needles: jax.Array) -> jax.Array:
+    """Filler of ``ctx_len`` tokens with the rows of ``needles [n, w]`` at distinct random cells
+    of width w (non-overlapping)."""
+    n, w = needles.shape
+    n_cells = ctx_len // w
+    if n_cells < n:
+        raise ValueError(f"context of {ctx_len} tokens cannot hold {n} needles of width {w}")
+    kf, kc = jax.random.split(key)
+    ctx = FILL0 + jax.random.randint(kf, (ctx_len,), 0, N_FILL)
+    cells = jax.random.choice(kc, n_cells, (n,), replace=False)
+    pos = (cells[:, None] * w + jnp.arange(w)).reshape(-1)
+    return ctx.at[pos].set(needles.reshape(-1)).astype(jnp.int32)
+
+
+def ar_example(key: jax.Array, length: int, *, n_pairs: int, n_queries: int) -> tuple:
+    """Associative recall, one sequence of ``length`` tokens ending with ``n_queries`` questions.
+
+    Returns ``(tokens [length], answer_mask [length])``: ``answer_mask[t]`` marks positions whose
+    NEXT token is an answer (the positions the loss reads).
+    """
+    kk, kv, kc, kq = jax.random.split(key, 4)
+    keys = KEY0 + jax.random.choice(kk, N_KEYS, (n_pairs,), replace=False)
+    vals = VAL0 + jax.random.randint(kv, (n_pairs,), 0, N_VALUES)
+    facts = jnp.stack([jnp.full_like(keys, SEP), keys, vals], axis=1)
+    ctx_len = length - 1 - 3 * n_queries
+    ctx = _context(kc, ctx_len, facts)
+    ask = jax.random.permutation(kq, n_pairs)[:n_queries]
+    tail = jnp.stack([jnp.full((n_queries,), QUERY), keys[ask], vals[ask]], axis=1).reshape(-1)
+    tokens = jnp.concatenate([jnp.array([BOS]), ctx, tail]).astype(jnp.int32)
+    mask = jnp.zeros((length,), bool).at[1 + ctx_len + 1 + 3 * jnp.arange(n_queries)].set(True)
+    return tokens, mask
+
+
+def passkey_example(key: jax.Array, length: int) -> tuple:
+    """Passkey retrieval, one sequence of ``length`` tokens ending with the full answer."""
+    kv, kc = jax.random.split(key)
+    vals = VAL0 + jax.random.choice(kv, N_VALUES, (PASSKEY_LEN,), replace=False)
+    needle = jnp.concatenate([jnp.array([PASS]), vals])[None]
+    ctx_len = length - 1 - 2 - PASSKEY_LEN
+    ctx = _context(kc, ctx_len, needle)
+    tail = jnp.concatenate([jnp.array([QUERY, PASS]), vals])
+    tokens = jnp.concatenate([jnp.array([BOS]), ctx, tail]).astype(jnp.int32)
+    start = 1 + ctx_len + 1  # position of PASS in the question: predicts v1
+    mask = jnp.zeros((length,), bool).at[start + jnp.arange(PASSKEY_LEN)].set(True)
+    return tokens, mask
+
+
+def train_batch(key: jax.Array, config: TrainConfig) -> tuple[jax.Array, jax.Array]:
+    """Half AR (all facts asked), half passkey: ``tokens, answer_mask`` each ``[B, train_len]``."""
+
+    def one(k):
+        kt, ka, kp = jax.random.split(k, 3)
+        t_ar, m_ar = ar_example(
+            ka, config.train_len, n_pairs=config.n_pairs, n_queries=config.n_pairs
+        )
+        t_pk, m_pk = passkey_example(kp, config.train_len)
+        use_ar = jax.random.bernoulli(kt)
+        return jnp.where(use_ar, t_ar, t_pk), jnp.where(use_ar, m_ar, m_pk)
+
+    return jax.vmap(one)(jax.random.split(key, config.batch_size))
+
+
+class EvalBatch(NamedTuple):
+    """prompts ``[n, length]`` int32; answers ``[n, ANSWER_LEN]``; answer_len ``[n]`` (1 for AR,
+    4 for passkey); is_ar ``[n]`` bool."""
+
+    prompts: np.ndarray
+    answers: np.ndarray
+    answer_len: np.ndarray
+    is_ar: np.ndarray
+
+
+def eval_batch(key: jax.Array, *, length: int, n: int, n_pairs: int = 8) -> EvalBatch:
+    """``n`` questions (alternating AR / passkey) with prompts of exactly ``length`` tokens."""
+
+    def one(k, is_ar):
+        ka, kp = jax.random.split(k)
+        t_ar, _ = ar_example(ka, length + 2, n_pairs=n_pairs, n_queries=1)
+        t_pk, _ = passkey_example(kp, length + PASSKEY_LEN)
+        ans_ar = jnp.concatenate([t_ar[length : length + 1], jnp.full((PASSKEY_LEN - 1,), PAD)])
+        return (
+            jnp.where(is_ar, t_ar[:length], t_pk[:length]),
+            jnp.where(is_ar, ans_ar, t_pk[length:]),
+        )
+
+    is_ar = jnp.arange(n) % 2 == 0
+    prompts, answers = jax.jit(jax.vmap(one))(jax.random.split(key, n), is_ar)
+    return EvalBatch(
+        np.asarray(prompts),
+        np.asarray(answers),
+        np.where(np.asarray(is_ar), 1, PASSKEY_LEN).astype(np.int32),
+        np.asarray(is_ar),
+    )
+
+
+def score(batch: EvalBatch, generated: np.ndarray) -> np.ndarray:
+    """Exact match per question: the first ``answer_len`` generated tokens equal the answer."""
+    pos = np.arange(ANSWER_LEN)[None]
+    ok = (generated[:, :ANSWER_LEN] == batch.answers) | (pos >= batch.answer_len[:, None])
+    return ok.all(axis=1)
+
+
+# ----------------------------------------------------------------------------- training
+class TrainState(NamedTuple):
+    params: Params
+    opt_state: Any
+    step: jax.Array
+
+
+def make_train(config: TrainConfig):
+    """Returns ``(init(key) -> TrainState, run(state, key, n_steps) -> (state, metrics), train)``.
+
+    ``run`` scans ``n_steps`` updates; batch ``i`` is drawn from ``fold_in(key, step)``, so running
+    in segments (and resuming from a checkpoint) reproduces one uninterrupted run.
+    ``train(key)`` is the whole run in one scan.
+    """
+    mcfg = config.model_config()
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0, config.lr, config.warmup, max(config.steps, config.warmup + 1), config.lr * 0.05
+    )
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=config.weight_decay)
+    )
+
+    def loss_fn(params, tokens, mask):
+        logits = jax.vmap(lambda t: forward(params, t, config=mcfg))(tokens)
+        targets = jnp.roll(tokens, -1, axis=1)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        m = mask.astype(jnp.float32)
+        acc = jnp.sum((jnp.argmax(logits, -1) == targets) * m) / jnp.sum(m)
+        return jnp.sum(ce * m) / jnp.sum(m), acc
+
+    def init(key):
+        params = init_params(key, mcfg)
+        return TrainState(params, opt.init(params), jnp.int32(0))
+
+    def run(state, key, n_steps: int):
+        def body(s, _):
+            tokens, mask = train_batch(jax.random.fold_in(key, s.step), config)
+            (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(s.params, tokens, mask)
+            updates, opt_state = opt.update(g, s.opt_state, s.params)
+            params = optax.apply_updates(s.params, updates)
+            return TrainState(params, opt_state, s.step + 1), (loss, acc)
+
+        return jax.lax.scan(body, state, None, length=n_steps)
+
+    def train(key):
+        k_init, k_data = jax.random.split(key)
+        return run(init(k_init), k_data, config.steps)
+
+    return init, jax.jit(run, static_argnums=2), train
+
+
+# ----------------------------------------------------------------------------- checkpoint
+def save_model(path: str | Path, params: Params, config: TrainConfig, meta: dict) -> Path:
+    """Saves ``params`` with orbax (float32) plus ``train_config.json`` beside them."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / "params"
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(target, jax.tree.map(np.asarray, params))
+    (path / "train_config.json").write_text(
+        json.dumps({"train_config": dataclasses.asdict(config), **meta}, indent=2)
+    )
+    return path
+
+
+def load_model(path: str | Path | None = None) -> tuple[Params, DecoderConfig, dict]:
+    """Loads a retrieval model saved by :func:`save_model` (default: the shipped one).
+
+    Returns ``(params, decoder_config, info)`` where ``info`` holds the train config and metadata.
+    """
+    import orbax.checkpoint as ocp
+
+    path = Path(path or ASSET_DIR).absolute()
+    info = json.loads((path / "train_config.json").read_text())
+    tcfg = TrainConfig(**info["train_config"])
+    mcfg = tcfg.model_config()
+    abstract = jax.eval_shape(lambda: init_params(jax.random.key(0), mcfg))
+    with ocp.StandardCheckpointer() as ckpt:
+        params = ckpt.restore(path / "params", abstract)
+    return params, mcfg, info

@@ -1,0 +1,142 @@
+"""KV cache, chunked prefill, decode loop, sampling and attention policies on a tiny random model."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxsel.models import (
+    Decoder,
+    DecoderConfig,
+    Streaming,
+    TokenSelect,
+    generate,
+    make_policy,
+    sample_token,
+)
+
+CFG = DecoderConfig(
+    vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Decoder(CFG, rngs=nnx.Rngs(0))
+
+
+PROMPTS = [np.arange(1, 40) % 61, np.arange(5, 20)]
+
+
+def _reference_greedy(m, prompt, n):
+    """Greedy decoding by re-running the full (cache-free) forward each step."""
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(jnp.argmax(m(jnp.asarray([seq], jnp.int32))[0, -1])))
+    return seq[len(prompt) :]
+
+
+def test_cached_greedy_matches_full_forward_with_mixed_lengths(model):
+    got = generate(
+        model.params_tree(), CFG, PROMPTS, max_new_tokens=6, cache_len=64, prefill_chunk=16
+    )
+    assert got.shape == (2, 6) and got.dtype == np.int32
+    for row, prompt in zip(got, PROMPTS):
+        assert list(row) == _reference_greedy(model, prompt, 6)
+
+
+def test_policies_equal_dense_when_budget_covers_the_cache(model):
+    p = model.params_tree()
+    kw = dict(max_new_tokens=6, cache_len=64, prefill_chunk=16)
+    dense = generate(p, CFG, PROMPTS, **kw)
+    for policy in (
+        TokenSelect(n_sink=4, top_k=32, n_local=28, position_mode="original"),
+        TokenSelect(n_sink=4, top_k=32, n_local=28, cache_threshold=0.9),
+        Streaming(n_sink=4, n_local=60),
+        TokenSelect(n_sink=2, top_k=4, n_local=4, dense_layers=(0, 1)),
+    ):
+        np.testing.assert_array_equal(generate(p, CFG, PROMPTS, policy=policy, **kw), dense)
+
+
+def test_small_budget_changes_output_and_selection_cache_hits(model):
+    p = model.params_tree()
+    kw = dict(max_new_tokens=6, cache_len=64, prefill_chunk=16)
+    dense = generate(p, CFG, PROMPTS[:1], **kw)
+    small = TokenSelect(n_sink=2, top_k=4, n_local=4)
+    sparse = generate(p, CFG, PROMPTS[:1], policy=small, **kw)
+    assert not np.array_equal(sparse, dense)
+    # threshold -1: every step after the first sparse selection reuses it.
+    always = TokenSelect(n_sink=2, top_k=4, n_local=4, cache_threshold=-1.0)
+    _, hits = generate(p, CFG, PROMPTS[:1], policy=always, return_hit_rate=True, **kw)
+    assert hits[0] == pytest.approx(5 / 6)
+    never = TokenSelect(n_sink=2, top_k=4, n_local=4, cache_threshold=1.0)
+    out, hits = generate(p, CFG, PROMPTS[:1], policy=never, return_hit_rate=True, **kw)
+    assert hits[0] == 0.0
+    np.testing.assert_array_equal(out, sparse)
+
+
+def test_adaptive_temperature_runs_finite(model):
+    p = model.params_tree()
+    out = generate(
+        p,
+        CFG,
+        PROMPTS,
+        max_new_tokens=3,
+        cache_len=64,
+        prefill_chunk=16,
+        policy="dense",
+        policy_options={"adaptive_temperature": True},
+    )
+    assert out.shape == (2, 3) and (out >= 0).all() and (out < CFG.vocab_size).all()
+
+
+def test_sampling_reproducible_and_top_p():
+    logits = jnp.array([0.0, 5.0, 4.9, -3.0])
+    # top_p small: only the argmax survives.
+    draws = jax.vmap(lambda k: sample_token(logits, k, temperature=1.0, top_p=0.3))(
+        jax.random.split(jax.random.key(0), 64)
+    )
+    assert set(np.asarray(draws).tolist()) == {1}
+    draws = jax.vmap(lambda k: sample_token(logits, k, temperature=1.0, top_p=0.99))(
+        jax.random.split(jax.random.key(0), 256)
+    )
+    freq = np.bincount(np.asarray(draws), minlength=4) / 256
+    p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert set(np.flatnonzero(freq)) <= {1, 2, 3} and abs(freq[1] - p[1] / p[1:3].sum()) < 0.1
+    assert int(sample_token(logits, jax.random.key(1))) == 1
+
+
+def test_sampled_generation_depends_only_on_key(model):
+    p = model.params_tree()
+    kw = dict(max_new_tokens=5, cache_len=48, temperature=1.0, top_p=0.9)
+    a = generate(p, CFG, PROMPTS, key=jax.random.key(3), **kw)
+    b = generate(p, CFG, PROMPTS, key=jax.random.key(3), **kw)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="explicit key"):
+        generate(p, CFG, PROMPTS, **kw)
+
+
+def test_bad_input_errors(model):
+    p = model.params_tree()
+    with pytest.raises(ValueError, match=r"39 tokens \+ max_new_tokens=30 = 69 .*cache_len=64"):
+        generate(p, CFG, PROMPTS, max_new_tokens=30, cache_len=64)
+    with pytest.raises(ValueError, match="unknown attention policy 'quest'"):
+        generate(p, CFG, PROMPTS, max_new_tokens=2, policy="quest")
+    with pytest.raises(ValueError, match="no option"):
+        make_policy("streaming", top_k=3)
+    with pytest.raises(ValueError, match="position_mode"):
+        TokenSelect(position_mode="shifted")
+    with pytest.raises(ValueError, match="budget 200 exceeds cache_len=64"):
+        generate(
+            p,
+            CFG,
+            PROMPTS,
+            max_new_tokens=2,
+            cache_len=64,
+            policy=TokenSelect(n_sink=8, top_k=128, n_local=64),
+        )
+    with pytest.raises(ValueError, match="tokens must be int"):
+        model(jnp.zeros((2, 3)))
