@@ -1,0 +1,323 @@
+"""Training loops: the unsupervised SoftHebb pass, the linear probe, and the backprop control.
+
+Each loop is ``make_*(config) -> train(key, ...)`` with ``lax.scan`` inside, so the whole run is one
+``jit`` and seeds can be ``vmap``-ed. The chunked variants (``unsupervised_chunk``) run the same
+scan body over a slice of the batches, for progress bars and checkpoints; with the same key they
+reproduce the one-shot run exactly (the batch order comes from :func:`batch_indices`).
+
+Protocol (Journé et al., ICLR 2023): one unsupervised epoch at batch 10 with all layers learning
+together, then frozen features -> dropout 0.5 -> linear classifier trained with Adam (lr 1e-3,
+batch 64), the lr halved at 20/35/50/60/70/80/90% of the epochs (the authors' ``CustomStepLR``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxsel.hebb import nets
+
+# ------------------------------------------------------------------------------ unsupervised pass
+
+
+def batch_indices(key: jax.Array, n: int, batch_size: int, epoch: int | jax.Array) -> jax.Array:
+    """The shuffled batches of one epoch: ``(n // batch_size, batch_size)`` example indices."""
+    if batch_size < 1 or batch_size > n:
+        raise ValueError(f"need 1 <= {batch_size=} <= n={n}")
+    nb = n // batch_size
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    return perm[: nb * batch_size].reshape(nb, batch_size)
+
+
+def _zero_wins(cfg: nets.NetConfig) -> tuple[jax.Array, ...]:
+    return tuple(jnp.zeros((b.out_channels,), jnp.int32) for b in cfg.blocks)
+
+
+def unsupervised_chunk(
+    state: nets.NetState,
+    wins: tuple[jax.Array, ...],
+    images: jax.Array,
+    batches: jax.Array,
+    cfg: nets.NetConfig,
+) -> tuple[nets.NetState, tuple[jax.Array, ...]]:
+    """Hebbian steps over ``batches (steps, batch)`` of indices into ``images (N, H, W, C)``."""
+
+    def body(carry, idx):
+        s, w = carry
+        s, stats = nets.hebbian_step(s, images[idx], cfg)
+        return (s, tuple(a + b for a, b in zip(w, stats.wins))), None
+
+    (state, wins), _ = lax.scan(body, (state, wins), batches)
+    return state, wins
+
+
+def make_unsupervised_train(
+    cfg: nets.NetConfig, *, batch_size: int = 10, epochs: int = 1
+) -> Callable[[jax.Array, jax.Array], tuple[nets.NetState, tuple[jax.Array, ...]]]:
+    """``train(key, images) -> (state, wins)``: init, then ``epochs`` passes of all blocks at once.
+
+    ``images`` are ``(N, H, W, C)`` floats in [0, 1]; ``wins[i]`` counts, per neuron of block i,
+    how often it was the argmax over the whole run (collapsed neurons never win).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs=}")
+
+    def train(key: jax.Array, images: jax.Array):
+        k_init, k_data = jax.random.split(key)
+        state = nets.init_net(k_init, cfg)
+        wins = _zero_wins(cfg)
+        for e in range(epochs):
+            batches = batch_indices(k_data, images.shape[0], batch_size, e)
+            state, wins = unsupervised_chunk(state, wins, images, batches, cfg)
+        return state, wins
+
+    return train
+
+
+def calibrate_batch_norm(
+    state: nets.NetState, images: jax.Array, batches: jax.Array, cfg: nets.NetConfig
+) -> nets.NetState:
+    """Running BatchNorm statistics from forward passes over ``batches``, weights untouched.
+
+    Gives the random-weights control the same kind of statistics a trained net has.
+    """
+
+    def body(s, idx):
+        _, s = nets.forward(s, images[idx], cfg, train=True)
+        return s, None
+
+    state, _ = lax.scan(body, state, batches)
+    return state
+
+
+def extract_features(
+    state: nets.NetState,
+    images: np.ndarray | jax.Array,
+    cfg: nets.NetConfig,
+    *,
+    batch_size: int = 500,
+    dtype=np.float32,
+    progress: bool = False,
+) -> np.ndarray:
+    """Frozen, flattened features of ``images (N, H, W, C)``: ``(N, H'' * W'' * C'')`` (NumPy)."""
+    fn = jax.jit(lambda s, x: nets.features(s, x, cfg).reshape(x.shape[0], -1))
+    n = images.shape[0]
+    out = None
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="features", unit="batch")
+    for s in starts:
+        x = jnp.asarray(images[s : s + batch_size])
+        pad = batch_size - x.shape[0]
+        if pad:  # keep one compiled shape; BatchNorm is in eval mode so padding cannot leak
+            x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+        f = np.asarray(fn(state, x))[: batch_size - pad]
+        if out is None:
+            out = np.empty((n, f.shape[1]), dtype)
+        out[s : s + f.shape[0]] = f
+    return out
+
+
+# ------------------------------------------------------------------------------------ linear probe
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    """Linear classifier on frozen features (the authors' supervised stage)."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"bad probe config: {self}")
+
+
+def lr_halving_epochs(epochs: int) -> tuple[int, ...]:
+    """Epochs at whose start the lr is halved (the authors' ``CustomStepLR``)."""
+    if epochs < 20:
+        return ()
+    fracs = (0.5, 0.75) if epochs < 50 else (0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9)
+    return tuple(sorted({int(epochs * f) for f in fracs}))
+
+
+def probe_schedule(cfg: ProbeConfig, steps_per_epoch: int) -> optax.Schedule:
+    return optax.piecewise_constant_schedule(
+        cfg.lr, {e * steps_per_epoch: 0.5 for e in lr_halving_epochs(cfg.epochs)}
+    )
+
+
+class LinearHead(NamedTuple):
+    w: jax.Array  # (features, classes)
+    b: jax.Array  # (classes,)
+
+
+def init_linear(key: jax.Array, n_in: int, n_out: int) -> LinearHead:
+    """``U(-1/sqrt(n_in), 1/sqrt(n_in))`` like ``torch.nn.Linear``."""
+    kw, kb = jax.random.split(key)
+    lim = 1.0 / np.sqrt(n_in)
+    return LinearHead(
+        jax.random.uniform(kw, (n_in, n_out), minval=-lim, maxval=lim),
+        jax.random.uniform(kb, (n_out,), minval=-lim, maxval=lim),
+    )
+
+
+def _dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    if rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def _xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_probe_train(
+    cfg: ProbeConfig, num_classes: int
+) -> Callable[[jax.Array, jax.Array, jax.Array], LinearHead]:
+    """``train(key, feats (N, F), labels (N,)) -> LinearHead``: dropout, Adam, step schedule."""
+
+    def train(key: jax.Array, feats: jax.Array, labels: jax.Array) -> LinearHead:
+        n, f = feats.shape
+        spe = n // cfg.batch_size
+        if spe < 1:
+            raise ValueError(f"need at least one batch: n={n}, {cfg.batch_size=}")
+        k_init, k_data, k_drop = jax.random.split(key, 3)
+        head = init_linear(k_init, f, num_classes)
+        tx = optax.adam(probe_schedule(cfg, spe))
+        opt = tx.init(head)
+
+        def loss_fn(h, x, y, k):
+            x = _dropout(k, x.astype(jnp.float32), cfg.dropout)
+            return _xent(x @ h.w + h.b, y)
+
+        def step(carry, inp):
+            h, o = carry
+            idx, k = inp
+            g = jax.grad(loss_fn)(h, feats[idx], labels[idx], k)
+            upd, o = tx.update(g, o, h)
+            return (optax.apply_updates(h, upd), o), None
+
+        def epoch(carry, e):
+            batches = batch_indices(k_data, n, cfg.batch_size, e)
+            keys = jax.random.split(jax.random.fold_in(k_drop, e), spe)
+            carry, _ = lax.scan(step, carry, (batches, keys))
+            return carry, None
+
+        (head, _), _ = lax.scan(epoch, (head, opt), jnp.arange(cfg.epochs))
+        return head
+
+    return train
+
+
+def probe_accuracy(
+    head: LinearHead, feats: jax.Array, labels: jax.Array, chunk: int = 2000
+) -> float:
+    """Test accuracy of a linear head (no dropout)."""
+
+    @jax.jit
+    def correct(x, y):
+        return jnp.sum(jnp.argmax(x.astype(jnp.float32) @ head.w + head.b, -1) == y)
+
+    total = 0
+    for s in range(0, feats.shape[0], chunk):
+        total += int(correct(jnp.asarray(feats[s : s + chunk]), jnp.asarray(labels[s : s + chunk])))
+    return total / feats.shape[0]
+
+
+# ------------------------------------------------------------------------------ backprop control
+
+
+class BackpropState(NamedTuple):
+    net: nets.NetState
+    head: LinearHead
+    opt: optax.OptState
+
+
+def _backprop_tx(probe: ProbeConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    return optax.adam(probe_schedule(probe, steps_per_epoch))
+
+
+def backprop_init(
+    key: jax.Array, cfg: nets.NetConfig, probe: ProbeConfig, steps_per_epoch: int
+) -> BackpropState:
+    """Same initialisation as SoftHebb (``init_net`` of the same key) plus a linear head."""
+    k_net, k_head = jax.random.split(key)
+    net = nets.init_net(k_net, cfg)
+    head = init_linear(k_head, int(np.prod(cfg.feature_shape())), cfg.num_classes)
+    return BackpropState(net, head, _backprop_tx(probe, steps_per_epoch).init((net.weights, head)))
+
+
+def backprop_chunk(
+    params: BackpropState,
+    images: jax.Array,
+    labels: jax.Array,
+    batches: jax.Array,
+    keys: jax.Array,
+    cfg: nets.NetConfig,
+    probe: ProbeConfig,
+    steps_per_epoch: int,
+) -> BackpropState:
+    """Adam steps of end-to-end backprop over ``batches (steps, batch)`` with dropout ``keys``."""
+    tx = _backprop_tx(probe, steps_per_epoch)
+
+    def loss_fn(trainable, bn, x, y, k):
+        weights, head = trainable
+        outs, st = nets.forward(nets.NetState(weights, bn), x, cfg, train=True)
+        h = _dropout(k, outs[-1].out.reshape(x.shape[0], -1), probe.dropout)
+        return _xent(h @ head.w + head.b, y), st.bn
+
+    def step(p, inp):
+        idx, k = inp
+        trainable = (p.net.weights, p.head)
+        g, bn = jax.grad(loss_fn, has_aux=True)(trainable, p.net.bn, images[idx], labels[idx], k)
+        upd, opt = tx.update(g, p.opt, trainable)
+        weights, head = optax.apply_updates(trainable, upd)
+        return BackpropState(nets.NetState(weights, bn), head, opt), None
+
+    params, _ = lax.scan(step, params, (batches, keys))
+    return params
+
+
+def make_backprop_train(
+    cfg: nets.NetConfig, probe: ProbeConfig
+) -> Callable[[jax.Array, jax.Array, jax.Array], BackpropState]:
+    """The same architecture trained end to end by backprop (kernels and head; Adam, dropout).
+
+    BatchNorm uses batch statistics while training and running statistics at test time, as for
+    SoftHebb; kernels start from the SoftHebb initialisation. ``train(key, images, labels)``
+    runs ``probe.epochs`` epochs with the probe's batch size and lr schedule.
+    """
+
+    def train(key: jax.Array, images: jax.Array, labels: jax.Array) -> BackpropState:
+        n = images.shape[0]
+        spe = n // probe.batch_size
+        k_init, k_data, k_drop = jax.random.split(key, 3)
+        params = backprop_init(k_init, cfg, probe, spe)
+        for e in range(probe.epochs):
+            batches = batch_indices(k_data, n, probe.batch_size, e)
+            keys = jax.random.split(jax.random.fold_in(k_drop, e), spe)
+            params = backprop_chunk(params, images, labels, batches, keys, cfg, probe, spe)
+        return params
+
+    return train
+
+
+def backprop_accuracy(
+    params: BackpropState, images: np.ndarray, labels: np.ndarray, cfg: nets.NetConfig
+) -> float:
+    """Test accuracy of the backprop control (frozen running BatchNorm statistics)."""
+    feats = extract_features(params.net, images, cfg)
+    return probe_accuracy(params.head, feats, labels)

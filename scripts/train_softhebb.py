@@ -1,0 +1,283 @@
+"""Train a SoftHebb conv net without labels, then a linear probe; compare with controls.
+
+Protocol (Journé et al., ICLR 2023): one unsupervised epoch at batch 10 with all blocks learning
+together, frozen features, dropout 0.5 + linear classifier (Adam 1e-3, batch 64, step schedule).
+Controls in the same run: the same net with random frozen weights (BatchNorm statistics calibrated
+on the training images), and optionally the same architecture trained end to end by backprop.
+
+Examples::
+
+  python scripts/train_softhebb.py                                   # digits, ~1 min
+  python scripts/train_softhebb.py --data fashion_mnist --preset two_layer --backprop-epochs 1
+
+Writes ``<out>/result.json``, ``<out>/filters.png`` and an orbax checkpoint (``<out>/ckpt``) of the
+unsupervised state after every chunk; rerunning resumes from it and reproduces the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxsel._bench import format_table, write_json
+from jaxsel.hebb import data, nets, rules, train
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: str = "digits"
+    data_dir: str | None = None
+    preset: str = "digits"
+    pool: str = "max"
+    batch_size: int = 10
+    epochs: int = 1
+    chunk_steps: int = 250
+    probe_epochs: int = 50
+    probe_batch: int = 64
+    backprop_epochs: int = 0
+    limit_train: int = 0
+    seed: int = 0
+    feature_dtype: str = "float16"
+    out: str = "results/hebb/digits"
+    no_resume: bool = False
+
+
+def parse_args() -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for f in dataclasses.fields(Config):
+        name = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(name, action="store_true")
+            continue
+        typ = {"int": int, "str": str, "str | None": str}[f.type]
+        kw = {}
+        if f.name == "data":
+            kw["choices"] = sorted(data.LOADERS)
+        if f.name == "preset":
+            kw["choices"] = sorted(nets.PRESETS)
+        if f.name == "pool":
+            kw["choices"] = ["max", "avg", "soft"]
+        p.add_argument(name, type=typ, default=f.default, **kw)
+    return Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
+
+
+def make_net_config(
+    cfg: Config, in_shape: tuple[int, int, int], num_classes: int
+) -> nets.NetConfig:
+    factory = nets.PRESETS[cfg.preset]
+    net = factory(in_shape=in_shape) if cfg.preset in ("two_layer", "small") else factory()
+    if tuple(net.in_shape) != tuple(in_shape):
+        raise ValueError(
+            f"preset {cfg.preset!r} expects images {net.in_shape}, data has {in_shape}"
+        )
+    net = dataclasses.replace(net, num_classes=num_classes)
+    return net.with_pool(cfg.pool) if cfg.pool != "max" else net
+
+
+def save_filters_png(w: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _k, _, c, n = w.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.4))
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if i >= n:
+            continue
+        f = w[..., i]
+        f = (f - f.min()) / (f.max() - f.min() + 1e-12)
+        ax.imshow(f[..., 0] if c == 1 else f[..., :3], cmap="gray" if c == 1 else None)
+    fig.suptitle(title, fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def probe(feats_tr, y_tr, feats_te, y_te, pcfg: train.ProbeConfig, key, n_classes) -> dict:
+    t0 = time.perf_counter()
+    head = jax.jit(train.make_probe_train(pcfg, n_classes))(
+        key, jnp.asarray(feats_tr), jnp.asarray(y_tr)
+    )
+    head = jax.block_until_ready(head)
+    return {
+        "test_accuracy": train.probe_accuracy(head, feats_te, y_te),
+        "train_accuracy": train.probe_accuracy(head, feats_tr, y_tr),
+        "probe_s": time.perf_counter() - t0,
+    }
+
+
+def main() -> None:
+    cfg = parse_args()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    ds = data.load(cfg.data, cfg.data_dir)
+    x_tr, y_tr, x_te, y_te = ds
+    if cfg.limit_train:
+        x_tr, y_tr = x_tr[: cfg.limit_train], y_tr[: cfg.limit_train]
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    net = make_net_config(cfg, tuple(x_tr.shape[1:]), n_classes)
+    print(f"data {cfg.data}: train {x_tr.shape}, test {x_te.shape}; features {net.feature_shape()}")
+    images = jnp.asarray(x_tr)
+    key = jax.random.key(cfg.seed)
+    k_init, k_data = jax.random.split(key)  # same split as train.make_unsupervised_train
+    k_probe, k_bp = jax.random.split(jax.random.fold_in(key, 1))
+
+    # ---------------------------------------------------------------- unsupervised pass, chunked
+    import orbax.checkpoint as ocp
+
+    state0 = nets.init_net(k_init, net)
+    wins0 = tuple(jnp.zeros((b.out_channels,), jnp.int32) for b in net.blocks)
+    n_batches = x_tr.shape[0] // cfg.batch_size
+    chunks = [
+        (e, s, min(s + cfg.chunk_steps, n_batches))
+        for e in range(cfg.epochs)
+        for s in range(0, n_batches, cfg.chunk_steps)
+    ]
+    ckpt_dir = (out / "ckpt").absolute()
+    mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1))
+    done = 0
+    state, wins = state0, wins0
+    if not cfg.no_resume and mngr.latest_step() is not None:
+        done = mngr.latest_step()
+        restored = mngr.restore(
+            done, args=ocp.args.StandardRestore({"state": state0, "wins": wins0})
+        )
+        state, wins = restored["state"], restored["wins"]
+        print(f"resumed from {ckpt_dir} after chunk {done}/{len(chunks)}")
+
+    chunk_fn = jax.jit(lambda s, w, b: train.unsupervised_chunk(s, w, images, b, net))
+    compiled = {}
+    t_compile = 0.0
+    t_run = 0.0
+    n_img = 0
+    for ci in tqdm(
+        range(done, len(chunks)), desc="softhebb", unit="chunk", initial=done, total=len(chunks)
+    ):
+        e, s0, s1 = chunks[ci]
+        batches = train.batch_indices(k_data, x_tr.shape[0], cfg.batch_size, e)[s0:s1]
+        if batches.shape[0] not in compiled:
+            t0 = time.perf_counter()
+            compiled[batches.shape[0]] = chunk_fn.lower(state, wins, batches).compile()
+            t_compile += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state, wins = jax.block_until_ready(compiled[batches.shape[0]](state, wins, batches))
+        t_run += time.perf_counter() - t0
+        n_img += batches.size
+        mngr.save(ci + 1, args=ocp.args.StandardSave({"state": state, "wins": wins}))
+    mngr.wait_until_finished()
+    unsup = {
+        "images": n_img,
+        "run_s": t_run,
+        "compile_s": t_compile,
+        "images_per_s": n_img / t_run if t_run else None,
+        "resumed_at_chunk": done,
+    }
+    print(
+        f"unsupervised: {n_img} images in {t_run:.1f}s ({unsup['images_per_s'] or 0:.1f} img/s), "
+        f"compile {t_compile:.1f}s"
+    )
+    blocks = []
+    for i, (w, b) in enumerate(zip(state.weights, net.blocks)):
+        norms = np.asarray(rules.neuron_norms(w))
+        ws = nets.winner_stats(wins[i])
+        blocks.append(
+            {
+                "block": i,
+                "channels": b.out_channels,
+                **ws,
+                "norm_mean": float(norms.mean()),
+                "norm_max_dev_from_1": float(np.abs(norms - 1).max()),
+            }
+        )
+    print(format_table(blocks))
+    save_filters_png(
+        np.asarray(state.weights[0]),
+        out / "filters.png",
+        f"SoftHebb block-0 filters ({cfg.data}, {cfg.preset})",
+    )
+
+    # ---------------------------------------------------------------- probes and controls
+    pcfg = train.ProbeConfig(epochs=cfg.probe_epochs, batch_size=cfg.probe_batch)
+    dt = np.dtype(cfg.feature_dtype)
+    rows = []
+    t0 = time.perf_counter()
+    f_tr = train.extract_features(state, x_tr, net, dtype=dt, progress=True)
+    f_te = train.extract_features(state, x_te, net, dtype=dt)
+    feat_s = time.perf_counter() - t0
+    res = probe(f_tr, y_tr, f_te, y_te, pcfg, k_probe, n_classes)
+    rows.append({"model": "softhebb", **res, "features_s": feat_s})
+    del f_tr, f_te
+
+    rnd = nets.init_net(k_init, net)
+    calib = train.batch_indices(k_data, x_tr.shape[0], min(100, x_tr.shape[0]), 0)[:100]
+    rnd = jax.jit(lambda s, b: train.calibrate_batch_norm(s, images, b, net))(rnd, calib)
+    t0 = time.perf_counter()
+    f_tr = train.extract_features(rnd, x_tr, net, dtype=dt, progress=True)
+    f_te = train.extract_features(rnd, x_te, net, dtype=dt)
+    feat_s = time.perf_counter() - t0
+    res = probe(f_tr, y_tr, f_te, y_te, pcfg, k_probe, n_classes)
+    rows.append({"model": "random_frozen", **res, "features_s": feat_s})
+    del f_tr, f_te
+
+    def report(stage: str) -> None:
+        print(format_table(rows))
+        payload = {
+            "config": dataclasses.asdict(cfg),
+            "net": dataclasses.asdict(net),
+            "stage": stage,
+            "unsupervised": unsup,
+            "blocks": blocks,
+            "results": rows,
+            "softhebb_minus_random": rows[0]["test_accuracy"] - rows[1]["test_accuracy"],
+            "total_wall_s": time.perf_counter() - t_start,
+            "load_average_1_5_15": os.getloadavg(),
+        }
+        path = write_json(out / "result.json", payload)
+        print(f"[{stage}] wrote {path}; {payload['total_wall_s'] / 60:.1f} min so far")
+
+    report("probes")  # saved before the (expensive) backprop control, so it survives a kill
+
+    if cfg.backprop_epochs:
+        bcfg = dataclasses.replace(pcfg, epochs=cfg.backprop_epochs)
+        n = x_tr.shape[0]
+        spe = n // bcfg.batch_size
+        k_i, k_d, k_k = jax.random.split(k_bp, 3)
+        params = train.backprop_init(k_i, net, bcfg, spe)
+        labels = jnp.asarray(y_tr)
+        step = jax.jit(
+            lambda p, b, k: train.backprop_chunk(p, images, labels, b, k, net, bcfg, spe)
+        )
+        t0 = time.perf_counter()
+        for e in range(bcfg.epochs):
+            batches = train.batch_indices(k_d, n, bcfg.batch_size, e)
+            keys = jax.random.split(jax.random.fold_in(k_k, e), spe)
+            for s in tqdm(range(0, spe, 100), desc=f"backprop epoch {e}", unit="chunk"):
+                params = step(params, batches[s : s + 100], keys[s : s + 100])
+        params = jax.block_until_ready(params)
+        rows.append(
+            {
+                "model": f"backprop_{bcfg.epochs}ep",
+                "test_accuracy": train.backprop_accuracy(params, x_te, y_te, net),
+                "train_accuracy": None,
+                "probe_s": time.perf_counter() - t0,
+                "features_s": None,
+            }
+        )
+        report("backprop")
+    print(f"filters: {out / 'filters.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The SoftHebb net: presets, one all-blocks Hebbian step vs its composition, jit/vmap, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsel.hebb import layers, nets, rules, train
+
+
+def tiny_net(**kw) -> nets.NetConfig:
+    b0 = nets.BlockConfig(
+        4,
+        3,
+        t_invert=1.0,
+        lr=0.08,
+        triangle_power=0.7,
+        pool_window=2,
+        pool_stride=2,
+        pool_padding=0,
+    )
+    b1 = nets.BlockConfig(
+        6,
+        3,
+        t_invert=0.65,
+        lr=0.005,
+        triangle_power=1.4,
+        pool="avg",
+        pool_window=2,
+        pool_stride=2,
+        pool_padding=0,
+    )
+    return nets.NetConfig(blocks=(b0, b1), in_shape=(8, 8, 1), **kw)
+
+
+def test_preset_shapes():
+    assert nets.cifar10_preset().feature_shape() == (4, 4, 1536)  # 24576 features, as the paper
+    assert nets.two_layer_preset().feature_shape() == (7, 7, 384)
+    assert nets.digits_preset().feature_shape() == (4, 4, 64)
+    assert nets.small_preset(width=2).feature_shape() == (7, 7, 256)
+    c = nets.cifar10_preset()
+    assert [b.out_channels for b in c.blocks] == [96, 384, 1536]
+    assert [b.t_invert for b in c.blocks] == [1.0, 0.65, 0.25]
+    assert [b.lr for b in c.blocks] == [0.08, 0.005, 0.01]
+    assert [b.pool for b in c.blocks] == ["max", "max", "avg"]
+    assert [b.pool for b in c.with_pool("soft").blocks] == ["soft", "soft", "avg"]
+
+
+def test_hebbian_step_is_the_composition_of_block_steps():
+    cfg = tiny_net()
+    state = nets.init_net(jax.random.key(0), cfg)
+    x = jax.random.uniform(jax.random.key(1), (5, 8, 8, 1))
+    new, stats = jax.jit(lambda s, x: nets.hebbian_step(s, x, cfg))(state, x)
+
+    # block 0 by hand: BN with batch statistics, reflect pad, one conv_step
+    b0, _b1 = cfg.blocks
+    xn, bn0 = layers.batch_norm(x, state.bn[0], train=True)
+    xp = layers.reflect_pad(xn, 1)
+    w0 = rules.conv_step(xp, state.weights[0], t_invert=b0.t_invert, lr=b0.lr)
+    np.testing.assert_allclose(new.weights[0], w0, rtol=1e-5, atol=1e-6)
+    # block 1 sees block 0's output computed with the PRE-update kernel
+    u0 = rules.conv2d(xp, state.weights[0])
+    h = layers.pool2d(rules.triangle(u0, power=0.7), kind="max", window=2, stride=2)
+    hn, bn1 = layers.batch_norm(h, state.bn[1], train=True)
+    w1 = rules.conv_step(layers.reflect_pad(hn, 1), state.weights[1], t_invert=0.65, lr=0.005)
+    np.testing.assert_allclose(new.weights[1], w1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new.bn[1].var, bn1.var, rtol=1e-5)
+    np.testing.assert_allclose(new.bn[0].mean, bn0.mean, rtol=1e-5)
+    assert int(stats.wins[0].sum()) == 5 * 8 * 8 and int(stats.wins[1].sum()) == 5 * 4 * 4
+    np.testing.assert_array_equal(
+        stats.wins[0], np.bincount(np.asarray(u0.argmax(-1)).ravel(), minlength=4)
+    )
+
+
+def test_make_unsupervised_train_chunks_and_vmap_over_seeds():
+    cfg = tiny_net()
+    images = jax.random.uniform(jax.random.key(2), (40, 8, 8, 1))
+    fn = train.make_unsupervised_train(cfg, batch_size=4, epochs=2)
+    state, wins = jax.jit(fn)(jax.random.key(3), images)
+    # the same run in chunks of 3 steps (as the script does, e.g. after resuming)
+    k_init, k_data = jax.random.split(jax.random.key(3))
+    s = nets.init_net(k_init, cfg)
+    w = tuple(jnp.zeros((b.out_channels,), jnp.int32) for b in cfg.blocks)
+    chunk = jax.jit(lambda s, w, b: train.unsupervised_chunk(s, w, images, b, cfg))
+    for e in range(2):
+        batches = train.batch_indices(k_data, 40, 4, e)
+        for i in range(0, 10, 3):
+            s, w = chunk(s, w, batches[i : i + 3])
+    for a, b in zip(state.weights, s.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(wins[0], w[0])
+    # seeds vmap: each row equals its own run
+    keys = jax.random.split(jax.random.key(4), 2)
+    many, _ = jax.jit(jax.vmap(fn, in_axes=(0, None)))(keys, images)
+    one, _ = jax.jit(fn)(keys[1], images)
+    np.testing.assert_allclose(many.weights[1][1], one.weights[1], rtol=1e-4, atol=1e-5)
+    assert all(bool(jnp.all(jnp.isfinite(w))) for w in state.weights)
+
+
+def test_features_use_running_statistics_and_are_finite_for_extreme_images():
+    cfg = tiny_net()
+    state = nets.init_net(jax.random.key(5), cfg)
+    x = 1e6 * jax.random.normal(jax.random.key(6), (3, 8, 8, 1))
+    f = nets.features(state, x, cfg)
+    assert f.shape == (3, 2, 2, 6) and bool(jnp.all(jnp.isfinite(f)))
+    f1 = nets.features(state, x[:1], cfg)  # eval mode: an example does not depend on its batch
+    np.testing.assert_allclose(f1[0], f[0], rtol=1e-5)
+    new, _ = nets.hebbian_step(state, x, cfg)
+    assert all(bool(jnp.all(jnp.isfinite(w))) for w in new.weights)
+
+
+def test_winner_stats():
+    s = nets.winner_stats(jnp.asarray([5, 5, 0, 10]))
+    assert s["never_won"] == 1 and s["max_share"] == 0.5 and s["min_share"] == 0.0
+    assert nets.winner_stats(jnp.ones(8))["normalized_entropy"] == pytest.approx(1.0)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="rule"):
+        nets.BlockConfig(4, 3, t_invert=1.0, lr=0.1, rule="hard")
+    with pytest.raises(ValueError, match="pool"):
+        nets.BlockConfig(4, 3, t_invert=1.0, lr=0.1, pool="median")
+    with pytest.raises(ValueError, match="in_shape"):
+        dataclasses.replace(tiny_net(), in_shape=(8, 8))
+    cfg = tiny_net()
+    with pytest.raises(ValueError, match="images must be"):
+        nets.features(nets.init_net(jax.random.key(0), cfg), jnp.ones((2, 9, 9, 1)), cfg)

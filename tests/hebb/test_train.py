@@ -1,0 +1,90 @@
+"""Training loops: probe schedule, probe/backprop sanity, BN calibration, orbax round trip, digits."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsel.hebb import data, nets, train
+
+
+def test_lr_halving_epochs_follow_the_authors_step_schedule():
+    assert train.lr_halving_epochs(50) == (10, 17, 25, 30, 35, 40, 45)
+    assert train.lr_halving_epochs(30) == (15, 22)
+    assert train.lr_halving_epochs(10) == ()
+    sched = train.probe_schedule(train.ProbeConfig(epochs=50), steps_per_epoch=3)
+    assert float(sched(3 * 10 - 1)) == pytest.approx(1e-3)
+    assert float(sched(3 * 10)) == pytest.approx(5e-4)
+    assert float(sched(3 * 49)) == pytest.approx(1e-3 / 2**7)
+
+
+def test_probe_learns_separable_data_and_vmaps_over_seeds():
+    rng = np.random.default_rng(0)
+    centers = 3.0 * rng.normal(size=(3, 12))
+    y = rng.integers(0, 3, 300).astype(np.int32)
+    x = (centers[y] + rng.normal(size=(300, 12))).astype(np.float32)
+    fn = train.make_probe_train(train.ProbeConfig(epochs=5, batch_size=32, lr=1e-2), 3)
+    heads = jax.jit(jax.vmap(fn, in_axes=(0, None, None)))(
+        jax.random.split(jax.random.key(0), 2), jnp.asarray(x), jnp.asarray(y)
+    )
+    for i in range(2):
+        head = jax.tree.map(lambda a, i=i: a[i], heads)
+        assert train.probe_accuracy(head, x, y) > 0.95
+
+
+def test_calibrate_batch_norm_changes_only_statistics():
+    cfg = nets.digits_preset(8)
+    state = nets.init_net(jax.random.key(0), cfg)
+    images = jax.random.uniform(jax.random.key(1), (30, 8, 8, 1))
+    cal = train.calibrate_batch_norm(
+        state, images, train.batch_indices(jax.random.key(2), 30, 10, 0), cfg
+    )
+    np.testing.assert_array_equal(cal.weights[0], state.weights[0])
+    assert float(jnp.abs(cal.bn[0].mean - state.bn[0].mean).max()) > 0.05
+
+
+def test_backprop_control_runs_and_learns():
+    d = data.load_digits()
+    cfg = nets.digits_preset(8)
+    probe = train.ProbeConfig(epochs=2, batch_size=32)
+    params = jax.jit(train.make_backprop_train(cfg, probe))(
+        jax.random.key(0), jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+    )
+    assert train.backprop_accuracy(params, d.x_test, d.y_test, cfg) > 0.5
+
+
+def test_net_state_orbax_round_trip(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    cfg = nets.digits_preset(4)
+    state = nets.init_net(jax.random.key(0), cfg)
+    with ocp.CheckpointManager(tmp_path / "ck") as mngr:
+        mngr.save(1, args=ocp.args.StandardSave({"state": state}))
+        mngr.wait_until_finished()
+        back = mngr.restore(1, args=ocp.args.StandardRestore({"state": state}))["state"]
+    np.testing.assert_array_equal(back.weights[0], state.weights[0])
+    np.testing.assert_array_equal(back.bn[0].var, state.bn[0].var)
+
+
+def digits_run(channels: int, epochs: int, probe_epochs: int, seed: int = 0) -> tuple[float, float]:
+    """SoftHebb vs random frozen weights (same init, calibrated BatchNorm) on the digits."""
+    d = data.load_digits()
+    cfg = nets.digits_preset(channels)
+    images = jnp.asarray(d.x_train)
+    key = jax.random.key(seed)
+    state, _ = jax.jit(train.make_unsupervised_train(cfg, batch_size=10, epochs=epochs))(
+        key, images
+    )
+    k_init, k_data = jax.random.split(key)
+    rnd = train.calibrate_batch_norm(
+        nets.init_net(k_init, cfg), images, train.batch_indices(k_data, images.shape[0], 10, 0), cfg
+    )
+    probe = jax.jit(train.make_probe_train(train.ProbeConfig(epochs=probe_epochs), 10))
+    accs = []
+    for s in (state, rnd):
+        ftr = train.extract_features(s, d.x_train, cfg)
+        fte = train.extract_features(s, d.x_test, cfg)
+        head = probe(jax.random.key(1), jnp.asarray(ftr), jnp.asarray(d.y_train))
+        accs.append(train.probe_accuracy(head, fte, d.y_test))
+    return accs[0], accs[1]
