@@ -208,3 +208,15 @@ def test_bf16_inputs():
 def test_middle_candidates():
     got = np.asarray(middle_candidates(10, jnp.int32(8), n_sink=2, n_local=3))
     assert np.flatnonzero(got).tolist() == [2, 3, 4]
+
+
+@pytest.mark.parametrize("mapping", ["group", "modulo"])
+def test_score_formulations_agree(mapping):
+    from jaxsel.attention._common import head_scores
+
+    q, k, _ = make(12, 40, 8, 2, 16)
+    a = head_scores(jnp.asarray(q), jnp.asarray(k), mapping, impl="einsum")
+    b = head_scores(jnp.asarray(q), jnp.asarray(k), mapping, impl="multiply_reduce")
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    want = ref.scores(q, k, 40, 1.0, mapping)
+    np.testing.assert_allclose(np.asarray(a), want, rtol=1e-5, atol=1e-5)
