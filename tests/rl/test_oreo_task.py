@@ -22,7 +22,7 @@ def py_solve(x0, ops, operands, m):
 
 
 def test_clean_traces_are_correct_and_rewarded():
-    batch, nerr = T.sft_batch(jax.random.key(0), 64, CFG, 0.0)
+    batch, nerr = T.sft_batch(jax.random.key(0), 2000, CFG, 0.0, 0.0)
     assert int(nerr.sum()) == 0
     r = REWARD(batch.tokens, batch.prompt_len, batch.answer)
     np.testing.assert_array_equal(r, 1.0)
@@ -44,7 +44,7 @@ def test_clean_traces_are_correct_and_rewarded():
 
 def test_injected_errors_rate_and_reward():
     p = 0.2
-    batch, nerr = T.sft_batch(jax.random.key(1), 2000, CFG, p)
+    batch, nerr = T.sft_batch(jax.random.key(1), 2000, CFG, p, 0.0)
     frac = float(jnp.mean(nerr > 0))
     assert abs(frac - (1 - (1 - p) ** 4)) < 0.04
     r = np.asarray(REWARD(batch.tokens, batch.prompt_len, batch.answer))
@@ -56,6 +56,23 @@ def test_injected_errors_rate_and_reward():
     ans = np.asarray(jax.jit(jax.vmap(T.answer_of))(batch.tokens, batch.prompt_len))
     last_y = toks[:, T.prompt_length(4) + 4 * 3 + 2] - T.NUM0
     np.testing.assert_array_equal(ans, last_y)
+
+
+def test_systematic_confusion():
+    batch, nerr = T.sft_batch(jax.random.key(5), 2000, CFG, 0.0, 1.0)
+    toks = np.asarray(batch.tokens)
+    ops = toks[:, 2:10:2]
+    has_times = (ops == T.TIMES).any(1)
+    assert np.all(np.asarray(nerr)[~has_times] == 0)
+    r = np.asarray(REWARD(batch.tokens, batch.prompt_len, batch.answer))
+    assert np.all(r[~has_times] == 1.0) and r[has_times].mean() < 0.3
+    # every '*' step is written with the '+' result
+    resp = toks[:, T.prompt_length(4) :]
+    prev = toks[:, 1] - T.NUM0
+    for k in range(4):
+        op, a, y = resp[:, 4 * k], resp[:, 4 * k + 1] - T.NUM0, resp[:, 4 * k + 2] - T.NUM0
+        np.testing.assert_array_equal(y[op == T.TIMES], ((prev + a) % 7)[op == T.TIMES])
+        prev = y
 
 
 def test_answer_checker_rejects_malformed():

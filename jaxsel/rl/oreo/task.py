@@ -139,19 +139,30 @@ def make_problems(key: Array, cfg: TaskConfig) -> tuple[Array, Array, Array]:
 
 
 def solve(
-    x0: Array, ops: Array, operands: Array, cfg: TaskConfig, errors: Array | None = None
+    x0: Array,
+    ops: Array,
+    operands: Array,
+    cfg: TaskConfig,
+    errors: Array | None = None,
+    confuse: Array | None = None,
 ) -> Array:
-    """Intermediate results ``y_1..y_n`` ``[n]``; ``errors[k] != 0`` adds that offset to ``y_k``
-    (and the chain continues from the corrupted value)."""
+    """Intermediate results ``y_1..y_n`` ``[n]``.
+
+    ``errors[k] != 0`` adds that offset to ``y_k``; ``confuse[k]`` computes a ``*`` step as ``+``
+    (a systematic slip). Either way the chain continues from the corrupted value.
+    """
     if errors is None:
         errors = jnp.zeros_like(ops)
+    if confuse is None:
+        confuse = jnp.zeros(ops.shape, bool)
+    eff = jnp.where(confuse & (ops == TIMES), PLUS, ops)
 
     def body(y, xs):
         op, a, e = xs
         y = jnp.mod(_apply(op, y, a, cfg.modulus) + e, cfg.modulus)
         return y, y
 
-    _, ys = jax.lax.scan(body, jnp.asarray(x0, jnp.int32), (ops, operands, errors))
+    _, ys = jax.lax.scan(body, jnp.asarray(x0, jnp.int32), (eff, operands, errors))
     return ys
 
 
@@ -173,26 +184,38 @@ def encode(x0: Array, ops: Array, operands: Array, ys: Array | None, cfg: TaskCo
     return Batch(toks, jnp.int32(plen), jnp.int32(seq.shape[0]), answer)
 
 
-def sft_examples(key: Array, cfg: TaskConfig, *, p_err: float = 0.0) -> tuple[Batch, Array]:
-    """One SFT trace; each step is wrong with probability ``p_err`` (unbatched; vmap over keys).
+def sft_examples(
+    key: Array, cfg: TaskConfig, *, p_err: float | Array = 0.0, p_confuse: float | Array = 0.0
+) -> tuple[Batch, Array]:
+    """One SFT trace with injected step errors (unbatched; vmap over keys).
+
+    Each step's result is replaced by a random wrong value with probability ``p_err``, and each
+    ``*`` step is computed as ``+`` with probability ``p_confuse`` (a systematic slip: above 0.5
+    it becomes the most likely continuation, so even greedy decoding of the SFT model makes it).
 
     Returns:
-      ``(batch, n_errors)``: the trace and how many injected step errors it contains.
+      ``(batch, n_errors)``: the trace and how many of its steps are locally wrong (the written
+      result differs from applying the written operation to the previous written result).
     """
-    kp, ke, ko = jax.random.split(key, 3)
+    kp, ke, ko, kc = jax.random.split(key, 4)
     x0, ops, operands = make_problems(kp, cfg)
     wrong = jax.random.bernoulli(ke, p_err, (cfg.n_steps,))
     offset = jax.random.randint(ko, (cfg.n_steps,), 1, cfg.modulus)
-    ys = solve(x0, ops, operands, cfg, jnp.where(wrong, offset, 0))
-    return encode(x0, ops, operands, ys, cfg), jnp.sum(wrong)
+    confuse = jax.random.bernoulli(kc, p_confuse, (cfg.n_steps,)) & (ops == TIMES)
+    confuse = confuse & ~wrong
+    ys = solve(x0, ops, operands, cfg, jnp.where(wrong, offset, 0), confuse)
+    prev = jnp.concatenate([jnp.asarray(x0, jnp.int32)[None], ys[:-1]])
+    n_wrong = jnp.sum(ys != _apply(ops, prev, operands, cfg.modulus))
+    return encode(x0, ops, operands, ys, cfg), n_wrong
 
 
 @functools.partial(jax.jit, static_argnames=("n", "cfg"))
 def sft_batch(
-    key: Array, n: int, cfg: TaskConfig, p_err: float | Array = 0.0
+    key: Array, n: int, cfg: TaskConfig, p_err: float | Array = 0.0, p_confuse: float | Array = 0.0
 ) -> tuple[Batch, Array]:
     """``n`` SFT traces (batched :func:`sft_examples`), jitted."""
-    return jax.vmap(lambda k: sft_examples(k, cfg, p_err=p_err))(jax.random.split(key, n))
+    f = lambda k: sft_examples(k, cfg, p_err=p_err, p_confuse=p_confuse)
+    return jax.vmap(f)(jax.random.split(key, n))
 
 
 @functools.partial(jax.jit, static_argnames=("n", "cfg"))

@@ -1,0 +1,552 @@
+"""Training and evaluation under ``jit``: SFT, rejection-sampling FT, DPO, OREO (token / step
+level, iterative) and test-time search, on the arithmetic-chain task.
+
+Each trainer is ``make_*(cfg) -> train(key, params..., data) -> (params..., losses)`` with a
+``lax.scan`` over optimisation steps inside one ``jit``; minibatches are drawn from an offline
+data set by index. The orchestration (which data feeds which trainer) is
+:func:`run_pipeline`, a thin Python function over these jitted pieces.
+
+OREO (arXiv 2412.16145, Alg. 1): per minibatch, first a critic step on Eq. 8, then an actor step
+on Eq. 9 + ``alpha * KL(pi || pi_ref)`` with the freshly updated value held fixed; ``pi_ref`` is
+the SFT model and the value model is the SFT trunk with a zero-initialised scalar head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+from jaxsel.rl.oreo import consistency, losses, search
+from jaxsel.rl.oreo import model as M
+from jaxsel.rl.oreo import task as T
+
+Params = dict[str, Any]
+
+__all__ = [
+    "OfflineData",
+    "OreoConfig",
+    "beam_accuracy",
+    "collect",
+    "dpo_pairs",
+    "greedy_accuracy",
+    "make_dpo",
+    "make_oreo",
+    "make_sft",
+    "run_pipeline",
+    "self_consistency_accuracy",
+    "value_init",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class OreoConfig:
+    """Everything that defines one experiment (sizes static, so each trainer jits once)."""
+
+    task: T.TaskConfig = dataclasses.field(
+        default_factory=lambda: T.TaskConfig(n_steps=4, modulus=7, max_len=32)
+    )
+    eval_long_steps: int = 6  # longer-than-training chains for evaluation
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 128
+    # SFT data: random step errors and a systematic '*' -> '+' slip
+    p_err: float = 0.05
+    p_confuse: float = 0.6
+    sft_examples: int = 8192
+    sft_steps: int = 1500
+    sft_lr: float = 2e-3
+    batch_size: int = 64
+    # offline RL data: K samples per prompt from the current policy
+    n_prompts: int = 512
+    k_samples: int = 8
+    temperature: float = 1.0
+    rl_steps: int = 300
+    lr: float = 3e-4
+    critic_lr: float = 1e-3
+    beta: float = 0.03
+    kl_coef: float = 0.01
+    kl_coef_step: float = 0.1
+    dpo_beta: float = 0.1
+    oreo_rounds: int = 3
+    n_eval: int = 512
+    n_eval_beam: int = 128  # beam search costs ~B^2 samples per prompt: evaluated on a prefix
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> OreoConfig:
+        """A tiny configuration that runs the whole pipeline in about a minute (CI smoke test)."""
+        small = dict(
+            d_model=32,
+            n_layers=1,
+            n_heads=2,
+            d_ff=64,
+            sft_examples=512,
+            sft_steps=30,
+            n_prompts=32,
+            k_samples=4,
+            rl_steps=5,
+            oreo_rounds=2,
+            n_eval=32,
+            batch_size=16,
+            eval_long_steps=5,
+            n_eval_beam=16,
+        )
+        small.update(overrides)
+        return cls(**small)
+
+    @property
+    def model(self) -> M.DecoderConfig:
+        long = T.prompt_length(self.eval_long_steps) + T.response_length(self.eval_long_steps)
+        return M.DecoderConfig(
+            vocab_size=T.VOCAB_SIZE,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_ff=self.d_ff,
+            max_len=max(self.task.max_len, long),
+        )
+
+    def task_with(self, n_steps: int) -> T.TaskConfig:
+        return dataclasses.replace(self.task, n_steps=n_steps, max_len=self.model.max_len)
+
+
+class OfflineData(NamedTuple):
+    """Sampled responses ``[N, ...]``: buffers, layout, per-response reward and prompt id."""
+
+    tokens: Array
+    prompt_len: Array
+    length: Array
+    reward: Array
+    prompt_id: Array
+
+
+def _adam(lr: float) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+
+
+def _masks(tokens: Array, prompt_len: Array, length: Array) -> tuple[Array, Array]:
+    return jax.vmap(T.sequence_masks)(tokens, prompt_len, length)
+
+
+def _logps(params: Params, tokens: Array, mcfg: M.DecoderConfig) -> tuple[Array, Array]:
+    return jax.vmap(lambda t: M.token_logps(params, t, mcfg))(tokens)
+
+
+def value_init(policy: Params, cfg: OreoConfig) -> Params:
+    """Value model = a copy of the policy trunk + zero-initialised scalar head (paper Sec. 4)."""
+    del cfg
+    v = jax.tree.map(jnp.array, policy)
+    v["value_head"] = {"w": jnp.zeros_like(policy["final_norm"]), "b": jnp.zeros(())}
+    return v
+
+
+def _minibatch(key: Array, weights: Array, n: int) -> Array:
+    return jax.random.choice(key, weights.shape[0], (n,), p=weights / jnp.sum(weights))
+
+
+# ---------------------------------------------------------------------------------------------
+# SFT / rejection sampling
+
+
+@functools.cache
+def make_sft(cfg: OreoConfig, *, steps: int, lr: float) -> Callable[..., tuple[Params, Array]]:
+    """Weighted maximum likelihood on responses; weights=1 is SFT, weights=reward is rejection
+    sampling fine-tuning (RFT)."""
+    mcfg, opt = cfg.model, _adam(lr)
+
+    def loss_fn(p, tokens, plen, length):
+        mask, _ = _masks(tokens, plen, length)
+        lp, _ = _logps(p, tokens, mcfg)
+        per_seq = -jnp.sum(lp * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
+        return jnp.mean(per_seq)
+
+    @jax.jit
+    def train(
+        key: Array, params: Params, tokens: Array, plen: Array, length: Array, weights: Array
+    ) -> tuple[Params, Array]:
+        def step(carry, k):
+            p, s = carry
+            i = _minibatch(k, weights, cfg.batch_size)
+            loss, g = jax.value_and_grad(loss_fn)(p, tokens[i], plen[i], length[i])
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), loss
+
+        (params, _), ls = jax.lax.scan(
+            step, (params, opt.init(params)), jax.random.split(key, steps)
+        )
+        return params, ls
+
+    return train
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling offline data
+
+
+@functools.partial(jax.jit, static_argnames=("mcfg", "k", "temperature"))
+def _sample_k(params, tokens, plen, key, *, mcfg, k, temperature):
+    step = lambda c, t, p: M.decode_step(params, c, t, p, mcfg)[::2]
+
+    def one(tok, pl, kk):
+        return search.sample(step, M.init_cache(mcfg), tok, pl, kk, temperature=temperature)
+
+    n = tokens.shape[0]
+    keys = jax.random.split(key, n * k)
+    rep = lambda x: jnp.repeat(x, k, axis=0)
+    return jax.vmap(one)(rep(tokens), rep(plen), keys)
+
+
+def collect(
+    params: Params, prompts: T.Batch, key: Array, cfg: OreoConfig, *, k: int, temperature: float
+) -> tuple[OfflineData, search.Sample]:
+    """``k`` sampled responses per prompt, scored 0/1 by the exact checker."""
+    out = _sample_k(
+        params,
+        prompts.tokens,
+        prompts.prompt_len,
+        key,
+        mcfg=cfg.model,
+        k=k,
+        temperature=temperature,
+    )
+    rep = lambda x: jnp.repeat(x, k, axis=0)
+    plen = rep(prompts.prompt_len)
+    r = jax.jit(jax.vmap(T.reward))(out.tokens, plen, rep(prompts.answer))
+    pid = rep(jnp.arange(prompts.tokens.shape[0]))
+    return OfflineData(out.tokens, plen, out.length, r, pid), out
+
+
+def dpo_pairs(data: OfflineData, k: int) -> tuple[Array, Array, Array]:
+    """Per prompt, the first correct and the first wrong sample: ``(chosen, rejected, valid)``."""
+    r = data.reward.reshape(-1, k)
+    base = jnp.arange(r.shape[0]) * k
+    chosen = base + jnp.argmax(r > 0.5, -1)
+    rejected = base + jnp.argmax(r < 0.5, -1)
+    valid = jnp.any(r > 0.5, -1) & jnp.any(r < 0.5, -1)
+    return chosen, rejected, valid
+
+
+# ---------------------------------------------------------------------------------------------
+# DPO
+
+
+@functools.cache
+def make_dpo(cfg: OreoConfig, *, steps: int) -> Callable[..., tuple[Params, Array]]:
+    """DPO on (correct, wrong) pairs of offline samples, reference = the initial policy."""
+    mcfg, opt = cfg.model, _adam(cfg.lr)
+
+    def seq_logp(p, tokens, plen, length):
+        mask, _ = _masks(tokens, plen, length)
+        lp, _ = _logps(p, tokens, mcfg)
+        return lp, mask
+
+    def loss_fn(p, ref, d: OfflineData, ic, ir):
+        lc, mc = seq_logp(p, d.tokens[ic], d.prompt_len[ic], d.length[ic])
+        lr_, mr = seq_logp(p, d.tokens[ir], d.prompt_len[ir], d.length[ir])
+        rc, _ = seq_logp(ref, d.tokens[ic], d.prompt_len[ic], d.length[ic])
+        rr, _ = seq_logp(ref, d.tokens[ir], d.prompt_len[ir], d.length[ir])
+        rc, rr = jax.lax.stop_gradient(rc), jax.lax.stop_gradient(rr)
+        f = lambda a, b, c, e, m1, m2: losses.dpo_loss(a, b, c, e, m1, m2, beta=cfg.dpo_beta)
+        return jnp.mean(jax.vmap(f)(lc, rc, lr_, rr, mc, mr))
+
+    @jax.jit
+    def train(key, params, ref, data: OfflineData, chosen, rejected, valid):
+        w = valid.astype(jnp.float32) + 1e-9
+
+        def step(carry, k):
+            p, s = carry
+            j = _minibatch(k, w, cfg.batch_size)
+            loss, g = jax.value_and_grad(loss_fn)(p, ref, data, chosen[j], rejected[j])
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), loss
+
+        (params, _), ls = jax.lax.scan(
+            step, (params, opt.init(params)), jax.random.split(key, steps)
+        )
+        return params, ls
+
+    return train
+
+
+# ---------------------------------------------------------------------------------------------
+# OREO
+
+
+@functools.cache
+def make_oreo(cfg: OreoConfig, *, steps: int, step_level: bool) -> Callable[..., Any]:
+    """OREO actor-critic training on offline data (token- or step-level MDP)."""
+    mcfg = cfg.model
+    opt_pi, opt_v = _adam(cfg.lr), _adam(cfg.critic_lr)
+    alpha = cfg.kl_coef_step if step_level else cfg.kl_coef
+    beta = cfg.beta
+
+    def value_loss(vp, lp, rlp, d: OfflineData, mask, starts):
+        v = jax.vmap(lambda t: M.values(vp, t, mcfg))(d.tokens)[:, :-1]
+        if step_level:
+            f = lambda a, b, c, r, m, s: losses.oreo_step_value_loss(a, b, c, r, s, m, beta=beta)
+        else:
+            f = lambda a, b, c, r, m, s: losses.oreo_value_loss(a, b, c, r, m, beta=beta)
+        return jnp.mean(jax.vmap(f)(v, lp, rlp, d.reward, mask, starts))
+
+    def policy_loss(pp, v, rlp, rlogits, d: OfflineData, mask, starts):
+        lp, logits = _logps(pp, d.tokens, mcfg)
+        if step_level:
+            f = lambda a, b, c, r, m, s: losses.oreo_step_policy_loss(a, b, c, r, s, m, beta=beta)
+        else:
+            f = lambda a, b, c, r, m, s: losses.oreo_policy_loss(a, b, c, r, m, beta=beta)
+        pl = jnp.mean(jax.vmap(f)(lp, rlp, v, d.reward, mask, starts))
+        kl = jnp.mean(jax.vmap(losses.kl_regularizer)(logits, rlogits, mask))
+        return pl + alpha * kl, (pl, kl)
+
+    @jax.jit
+    def train(key, policy, value, ref, data: OfflineData):
+        def step(carry, k):
+            pp, vp, sp, sv = carry
+            i = _minibatch(k, jnp.ones_like(data.reward), cfg.batch_size)
+            d = jax.tree.map(lambda x: x[i], data)
+            mask, starts = _masks(d.tokens, d.prompt_len, d.length)
+            rlp, rlogits = jax.lax.stop_gradient(_logps(ref, d.tokens, mcfg))
+            lp = jax.lax.stop_gradient(_logps(pp, d.tokens, mcfg)[0])
+            # critic first (Eq. 8, log-ratios fixed) ...
+            lv, gv = jax.value_and_grad(value_loss)(vp, lp, rlp, d, mask, starts)
+            u, sv = opt_v.update(gv, sv, vp)
+            vp = optax.apply_updates(vp, u)
+            # ... then the actor against the updated, fixed value (Eq. 9 + alpha KL)
+            v = jax.lax.stop_gradient(jax.vmap(lambda t: M.values(vp, t, mcfg))(d.tokens)[:, :-1])
+            (_, (lpi, kl)), gp = jax.value_and_grad(policy_loss, has_aux=True)(
+                pp, v, rlp, rlogits, d, mask, starts
+            )
+            u, sp = opt_pi.update(gp, sp, pp)
+            pp = optax.apply_updates(pp, u)
+            return (pp, vp, sp, sv), jnp.stack([lv, lpi, kl])
+
+        init = (policy, value, opt_pi.init(policy), opt_v.init(value))
+        (policy, value, _, _), ls = jax.lax.scan(step, init, jax.random.split(key, steps))
+        return policy, value, ls
+
+    return train
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def greedy_accuracy(params: Params, prompts: T.Batch, cfg: OreoConfig) -> Array:
+    """Fraction of prompts solved by greedy decoding."""
+    out = _sample_k(
+        params,
+        prompts.tokens,
+        prompts.prompt_len,
+        jax.random.key(0),
+        mcfg=cfg.model,
+        k=1,
+        temperature=0.0,
+    )
+    return jnp.mean(jax.jit(jax.vmap(T.reward))(out.tokens, prompts.prompt_len, prompts.answer))
+
+
+@functools.partial(jax.jit, static_argnames=("mcfg", "beam", "max_steps", "chunk"))
+def _beam(policy, value, tokens, plen, key, *, mcfg, beam, max_steps, chunk):
+    step = lambda c, t, p: M.decode_step(policy, c, t, p, mcfg)[::2]
+    pre = lambda t: M.prefill(policy, t, mcfg)
+    val = lambda t: M.values(value, t, mcfg)
+
+    def one(args):
+        tok, pl, k = args
+        return search.step_beam_search(
+            step, pre, val, tok, pl, k, beam_size=beam, max_steps=max_steps, max_step_tokens=5
+        )[0]
+
+    keys = jax.random.split(key, tokens.shape[0])
+    return jax.lax.map(one, (tokens, plen, keys), batch_size=chunk)
+
+
+def beam_accuracy(
+    policy: Params,
+    value: Params,
+    prompts: T.Batch,
+    key: Array,
+    cfg: OreoConfig,
+    *,
+    beam: int,
+    n_steps: int,
+) -> Array:
+    """Accuracy of value-guided step beam search with beam size ``beam``."""
+    toks = _beam(
+        policy,
+        value,
+        prompts.tokens,
+        prompts.prompt_len,
+        key,
+        mcfg=cfg.model,
+        beam=beam,
+        max_steps=n_steps + 2,
+        chunk=64,
+    )
+    return jnp.mean(jax.jit(jax.vmap(T.reward))(toks, prompts.prompt_len, prompts.answer))
+
+
+def self_consistency_accuracy(
+    params: Params, prompts: T.Batch, key: Array, cfg: OreoConfig, *, k: int
+) -> dict[str, float]:
+    """Majority vote vs Soft Self-Consistency (mean / min / mean-log) over ``k`` samples."""
+    data, out = collect(params, prompts, key, cfg, k=k, temperature=cfg.temperature)
+    mask, _ = _masks(data.tokens, data.prompt_len, data.length)
+    answers = jax.vmap(T.answer_of)(data.tokens, data.prompt_len).reshape(-1, k)
+    lp = out.logps.reshape(-1, k, out.logps.shape[-1])
+    mask = mask.reshape(lp.shape)
+    res = {"majority": jax.vmap(consistency.majority_vote)(answers)}
+    for agg in ("mean", "min", "mean_log"):
+        f = lambda a, l, m, agg=agg: consistency.soft_self_consistency(a, l, m, aggregation=agg)
+        res[f"soft_sc_{agg}"] = jax.vmap(f)(answers, lp, mask)
+    return {name: float(jnp.mean(v == prompts.answer)) for name, v in res.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole experiment
+
+
+def run_pipeline(
+    cfg: OreoConfig,
+    key: Array,
+    *,
+    beams: tuple[int, ...] = (1, 3, 5, 7),
+    sc_k: int = 8,
+    checkpoint: Callable[[str, Any], Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """SFT -> sample K per prompt -> {SFT, RFT, DPO, OREO token, OREO step, iterative OREO}
+    -> greedy accuracy on held-out prompts (training length and longer chains), value-guided
+    beam search, and majority vote vs Soft-SC.
+
+    ``checkpoint(name, make) -> tree`` lets a caller return a stored result of phase ``name``
+    (resume) or call ``make()`` and store it; by default it just calls ``make()``. Every phase
+    draws its own key, so a resumed run reproduces the uninterrupted one.
+    """
+    ck = checkpoint or (lambda name, make: make())
+    say = progress or (lambda s: None)
+    ks = dict(
+        zip(
+            [
+                "sft_data",
+                "sft",
+                "prompts",
+                "collect",
+                "rft",
+                "dpo",
+                "oreo",
+                "oreo_step",
+                "iter",
+                "eval",
+                "eval_long",
+                "beam",
+                "sc",
+                "init",
+            ],
+            jax.random.split(key, 14),
+        )
+    )
+    mcfg = cfg.model
+    tcfg = cfg.task_with(cfg.task.n_steps)
+
+    say("sft")
+
+    def do_sft():
+        data, _ = T.sft_batch(ks["sft_data"], cfg.sft_examples, tcfg, cfg.p_err, cfg.p_confuse)
+        p0 = M.init_params(ks["init"], mcfg)
+        w = jnp.ones((cfg.sft_examples,))
+        sft = make_sft(cfg, steps=cfg.sft_steps, lr=cfg.sft_lr)
+        return sft(ks["sft"], p0, data.tokens, data.prompt_len, data.length, w)[0]
+
+    sft_params = ck("sft", do_sft)
+
+    prompts = T.prompt_batch(ks["prompts"], cfg.n_prompts, tcfg)
+    data, _ = collect(
+        sft_params, prompts, ks["collect"], cfg, k=cfg.k_samples, temperature=cfg.temperature
+    )
+    stats = {"offline_reward": float(jnp.mean(data.reward))}
+
+    models: dict[str, Params] = {"sft": sft_params}
+    say("rft")
+    rft = make_sft(cfg, steps=cfg.rl_steps, lr=cfg.lr)
+    models["rft"] = ck(
+        "rft",
+        lambda: rft(
+            ks["rft"], sft_params, data.tokens, data.prompt_len, data.length, data.reward + 1e-9
+        )[0],
+    )
+    say("dpo")
+    dpo = make_dpo(cfg, steps=cfg.rl_steps)
+    pairs = dpo_pairs(data, cfg.k_samples)
+    models["dpo"] = ck("dpo", lambda: dpo(ks["dpo"], sft_params, sft_params, data, *pairs)[0])
+
+    values: dict[str, Params] = {}
+    for name, step_level in (("oreo", False), ("oreo_step", True)):
+        say(name)
+        tr = make_oreo(cfg, steps=cfg.rl_steps, step_level=step_level)
+
+        def do(tr=tr, name=name):
+            pol, val, _ = tr(ks[name], sft_params, value_init(sft_params, cfg), sft_params, data)
+            return {"policy": pol, "value": val}
+
+        out = ck(name, do)
+        models[name], values[name] = out["policy"], out["value"]
+
+    # iterative OREO: re-collect with the current policy, continue training (ref stays SFT)
+    tr = make_oreo(cfg, steps=cfg.rl_steps, step_level=False)  # cached: compiled above
+    pol, val = models["oreo"], values["oreo"]
+    for r in range(1, cfg.oreo_rounds):
+        say(f"oreo_iter{r}")
+        kr = jax.random.fold_in(ks["iter"], r)
+
+        def do(pol=pol, val=val, kr=kr):
+            pr = T.prompt_batch(jax.random.fold_in(kr, 0), cfg.n_prompts, tcfg)
+            d, _ = collect(
+                pol,
+                pr,
+                jax.random.fold_in(kr, 1),
+                cfg,
+                k=cfg.k_samples,
+                temperature=cfg.temperature,
+            )
+            p2, v2, _ = tr(jax.random.fold_in(kr, 2), pol, val, sft_params, d)
+            return {"policy": p2, "value": v2}
+
+        out = ck(f"oreo_iter{r}", do)
+        pol, val = out["policy"], out["value"]
+    if cfg.oreo_rounds > 1:
+        models["oreo_iter"], values["oreo_iter"] = pol, val
+
+    say("eval")
+    held = T.prompt_batch(ks["eval"], cfg.n_eval, tcfg)
+    ltcfg = cfg.task_with(cfg.eval_long_steps)
+    long = T.prompt_batch(ks["eval_long"], cfg.n_eval, ltcfg)
+    res: dict[str, Any] = {"stats": stats, "greedy": {}, "greedy_long": {}}
+    for name, p in models.items():
+        res["greedy"][name] = float(greedy_accuracy(p, held, cfg))
+        res["greedy_long"][name] = float(greedy_accuracy(p, long, cfg))
+    say("beam")
+    best = "oreo_iter" if "oreo_iter" in models else "oreo"
+    nb = min(cfg.n_eval_beam, cfg.n_eval)
+    held_b = jax.tree.map(lambda x: x[:nb], held)
+    res["beam"] = {
+        b: float(
+            beam_accuracy(
+                models[best], values[best], held_b, ks["beam"], cfg, beam=b, n_steps=tcfg.n_steps
+            )
+        )
+        for b in beams
+    }
+    res["greedy_beam_subset"] = float(greedy_accuracy(models[best], held_b, cfg))
+    res["beam_policy"] = best
+    say("sc")
+    res["self_consistency"] = self_consistency_accuracy(models["sft"], held, ks["sc"], cfg, k=sc_k)
+    res["self_consistency_policy"] = "sft"
+    return res
