@@ -1,0 +1,232 @@
+"""SAC side by side: jaxsel vs rejax on Pendulum-v1, same budget and networks, in one run.
+
+    # rejax 0.1.3 lives in its own venv (it needs gymnax 0.0.9; gymnax 1.0 changed ``step``):
+    python3.11 -m venv /tmp/venv-rejax && /tmp/venv-rejax/bin/pip install rejax gymnax==0.0.9 \
+        flashbax tqdm
+    PYTHONPATH=/work/main nice -n 10 /tmp/venv-rejax/bin/python scripts/bench_sac.py
+
+Both libraries run their whole training loop under one ``jit``, vmapped over seeds. Per library and
+seed count it reports compile time (AOT, separately), wall-clock of one training run, environment
+steps/s (seeds x steps / run time) and the final return. Both final policies are evaluated the same
+way, outside the timed region: deterministic actions ``squash(mean)`` on jaxsel's Pendulum-v1 port
+(checked step by step against gymnasium), same evaluation keys.
+
+Differences that remain (documented, not hidden): rejax treats a time-limit truncation as terminal
+(no bootstrap), updates the actor before the critic, and under ``vmap`` its ``lax.cond`` warm-up
+guard becomes a select, so it also computes (and discards) updates during warm-up. sbx is not run:
+it depends on PyTorch, and its PyPI wheel pulls CUDA torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsel._bench import format_table, write_json
+from jaxsel.rl import envs, sac
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    total_timesteps: int = 20_000
+    learning_starts: int = 1_000
+    hidden: tuple[int, ...] = (64, 64)
+    lr: float = 1e-3
+    batch_size: int = 256
+    seeds: tuple[int, ...] = (1, 8)
+    eval_episodes: int = 10
+    peers: tuple[str, ...] = ("jaxsel", "rejax")
+    out: str = "results/sac"
+
+
+def parse_args() -> Args:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--total-timesteps", type=int, default=Args.total_timesteps)
+    p.add_argument("--learning-starts", type=int, default=Args.learning_starts)
+    p.add_argument("--hidden", type=int, nargs="+", default=list(Args.hidden))
+    p.add_argument("--lr", type=float, default=Args.lr)
+    p.add_argument("--batch-size", type=int, default=Args.batch_size)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(Args.seeds))
+    p.add_argument("--eval-episodes", type=int, default=Args.eval_episodes)
+    p.add_argument("--peers", nargs="+", default=list(Args.peers), choices=["jaxsel", "rejax"])
+    p.add_argument("--out", type=str, default=Args.out)
+    a = p.parse_args()
+    return Args(
+        a.total_timesteps,
+        a.learning_starts,
+        tuple(a.hidden),
+        a.lr,
+        a.batch_size,
+        tuple(a.seeds),
+        a.eval_episodes,
+        tuple(a.peers),
+        a.out,
+    )
+
+
+def deterministic_returns(policy, key: jax.Array, episodes: int) -> jax.Array:
+    """Returns of ``episodes`` Pendulum-v1 episodes under ``policy(obs [3]) -> action [1]``."""
+    env, params = envs.make("Pendulum-v1")
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, episodes), params)
+
+    def body(carry, _):
+        obs, state, ret = carry
+        action = jax.vmap(policy)(obs)
+        obs, state, r, _, _ = jax.vmap(env.step, in_axes=(None, 0, 0, None))(
+            key, state, action, params
+        )
+        return (obs, state, ret + r), None
+
+    (_, _, ret), _ = jax.lax.scan(body, (obs, state, jnp.zeros(episodes)), None, length=200)
+    return ret
+
+
+def _timed(fn, keys):
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(keys).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(keys))
+    return out, compile_s, time.perf_counter() - t0
+
+
+def run_jaxsel(args: Args, keys: jax.Array):
+    config = sac.SACConfig(
+        total_timesteps=args.total_timesteps,
+        learning_starts=args.learning_starts,
+        batch_size=args.batch_size,
+        buffer_size=args.total_timesteps,
+        hidden_sizes=args.hidden,
+        num_evals=1,
+        eval_episodes=args.eval_episodes,
+        actor_lr=args.lr,
+        critic_lr=args.lr,
+        alpha_lr=args.lr,
+    )
+    env, params = envs.make("Pendulum-v1")
+    trainer = sac.make_train(config, env, params)
+    (state, _), compile_s, run_s = _timed(jax.vmap(trainer), keys)
+
+    def policy_of(actor):
+        return lambda obs: sac.deterministic_action(
+            sac.actor_apply(actor, obs)[0], low=trainer.low, high=trainer.high
+        )
+
+    return state.actor, policy_of, compile_s, run_s
+
+
+def run_rejax(args: Args, keys: jax.Array):
+    from rejax import SAC
+
+    algo = SAC.create(
+        env="Pendulum-v1",
+        total_timesteps=args.total_timesteps,
+        eval_freq=args.total_timesteps,
+        skip_initial_evaluation=True,
+        num_envs=1,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        buffer_size=args.total_timesteps,
+        fill_buffer=args.learning_starts,
+        hidden_layer_sizes=args.hidden,
+        gamma=0.99,
+        polyak=0.995,
+    )
+    (ts, _), compile_s, run_s = _timed(jax.vmap(algo.train), keys)
+    low, high = -2.0, 2.0
+
+    def policy_of(params):
+        def policy(obs):
+            dist = algo.actor.apply(params, obs[None], method="_action_dist")
+            return (low + high) / 2 + (high - low) / 2 * jnp.tanh(dist.mean()[0])
+
+        return policy
+
+    return ts.actor_ts.params, policy_of, compile_s, run_s
+
+
+RUNNERS = {"jaxsel": run_jaxsel, "rejax": run_rejax}
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out)
+    rows, curves = [], {}
+    eval_keys = jax.random.split(jax.random.PRNGKey(12345), max(args.seeds))
+    for n in args.seeds:
+        keys = jax.random.split(jax.random.PRNGKey(0), n)
+        for peer in args.peers:
+            print(f"running {peer} x{n} seeds ...", flush=True)
+            params, policy_of, compile_s, run_s = RUNNERS[peer](args, keys)
+            evaluate = jax.vmap(
+                lambda p, k, policy_of=policy_of: jnp.mean(
+                    deterministic_returns(policy_of(p), k, args.eval_episodes)
+                )
+            )
+            finals = [float(x) for x in jax.jit(evaluate)(params, eval_keys[:n])]
+            row = {
+                "library": peer,
+                "seeds": n,
+                "compile_s": compile_s,
+                "run_s": run_s,
+                "env_steps_per_s": n * args.total_timesteps / run_s,
+                "final_return_median": float(np.median(finals)),
+                "final_return_min": float(np.min(finals)),
+                "final_return_max": float(np.max(finals)),
+            }
+            rows.append(row)
+            curves[f"{peer}_x{n}"] = finals
+            print(format_table([row]), flush=True)
+            write_json(
+                out / "bench_sac.json",
+                {"args": dataclasses.asdict(args), "rows": rows, "final_returns": curves},
+            )
+    for n in args.seeds:
+        by = {r["library"]: r for r in rows if r["seeds"] == n}
+        if "jaxsel" in by and "rejax" in by:
+            for r in rows:
+                if r["seeds"] == n:
+                    r["speedup_vs_rejax"] = by["rejax"]["run_s"] / r["run_s"]
+    print(format_table(rows))
+    write_json(
+        out / "bench_sac.json",
+        {"args": dataclasses.asdict(args), "rows": rows, "final_returns": curves},
+    )
+    _plot(out / "bench_sac.png", rows, curves)
+    print(f"wrote {out / 'bench_sac.json'} and .png")
+
+
+def _plot(path: Path, rows, curves) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    labels = [f"{r['library']} x{r['seeds']}" for r in rows]
+    ax1.bar(
+        labels,
+        [r["env_steps_per_s"] for r in rows],
+        color=["C0" if r["library"] == "jaxsel" else "C1" for r in rows],
+    )
+    ax1.set_ylabel("environment steps / s (all seeds)")
+    ax1.set_title("throughput (compile excluded)")
+    for i, v in enumerate(curves.values()):
+        ax2.scatter(np.full(len(v), i), v, alpha=0.7)
+    ax2.set_xticks(range(len(curves)), list(curves), rotation=20)
+    ax2.axhline(-200, ls="--", color="gray", lw=1)
+    ax2.set_ylabel("final deterministic return (per seed)")
+    ax2.set_title("Pendulum-v1, same budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
