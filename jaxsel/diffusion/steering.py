@@ -333,7 +333,7 @@ def svdd(
     counts0 = jnp.array([C, 0, 0, 0, 0], jnp.int32)
     ns = jnp.arange(T, 1, -1)
     keys = jax.random.split(k_run, T)
-    (x, out, v_prev, counts), _ = lax.scan(
+    (x, out, _v_prev, counts), _ = lax.scan(
         body, (x, out, jnp.zeros((C,)), counts0), (ns, keys[: T - 1])
     )
     # Last step: candidates are clean samples, scored by the reward itself.

@@ -72,7 +72,7 @@ def _np_chain_marginals(chain, z, mask_id):
     for x in itertools.product(range(V), repeat=L):
         if any(zi != mask_id and zi != xi for zi, xi in zip(z, x)):
             continue
-        p = init[x[0]] * np.prod([A[a, b] for a, b in zip(x[:-1], x[1:])])
+        p = init[x[0]] * np.prod([A[a, b] for a, b in itertools.pairwise(x)])
         for i, xi in enumerate(x):
             P[i, xi] += p
     return P / P.sum(1, keepdims=True)

@@ -1,0 +1,249 @@
+"""Steering: resampling statistics, FK potentials, SVDD selection, counting, jit/vmap/sharding, errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxsel import diffusion as D
+from jaxsel.diffusion import toys
+
+T = 8
+W = jnp.array([1.0, 0.5])
+REWARD = toys.linear_reward(W)
+
+
+@pytest.fixture(scope="module")
+def gmm_setup():
+    g = toys.default_gmm()
+    return g, D.vp_process(toys.gmm_denoiser, D.vp_schedule(T), (2,))
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+@pytest.mark.parametrize("method", ["multinomial", "systematic"])
+def test_resampling_is_unbiased(method):
+    """E[#offspring of i] = k w_i, checked with a z-test over many draws (fixed key)."""
+    w = np.array([0.05, 0.4, 0.15, 0.3, 0.1])
+    k, n = len(w), 4000
+    draw = jax.jit(jax.vmap(lambda key: D.resample(key, jnp.log(jnp.asarray(w)), method=method)))
+    idx = np.asarray(draw(jax.random.split(jax.random.key(0), n)))
+    counts = np.stack([(idx == i).sum(1) for i in range(k)], 1)  # (n, k)
+    mean, se = counts.mean(0), counts.std(0) / np.sqrt(n) + 1e-3
+    assert np.all(np.abs(mean - k * w) < 4 * se + 1e-2), (mean, k * w)
+    if method == "systematic":  # offspring counts are floor or ceil of k w_i
+        assert np.all((counts >= np.floor(k * w)) & (counts <= np.ceil(k * w)))
+
+
+def test_ess_matches_numpy_and_handles_all_neg_inf():
+    lw = np.array([0.1, -2.0, 1.5, 0.0])
+    p = np.exp(lw) / np.exp(lw).sum()
+    np.testing.assert_allclose(
+        D.effective_sample_size(jnp.asarray(lw)), 1 / (p**2).sum(), rtol=1e-5
+    )
+    assert float(D.effective_sample_size(jnp.full((4,), -jnp.inf))) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="unknown resampling"):
+        D.resample(jax.random.key(0), jnp.zeros(3), method="stratified-ish")
+
+
+# ----------------------------------------------------------------------------- FK potentials
+
+
+@pytest.mark.parametrize("potential", D.POTENTIALS)
+def test_fk_potentials_telescope_to_exp_lam_r(potential):
+    """Sum of applied log G along a path + terminal correction = lam r(x0) (NumPy recursion)."""
+    rng = np.random.default_rng(0)
+    lam, steps, k = 1.7, 6, 3
+    rs = rng.normal(size=(steps, k))
+    r_final = rng.normal(size=k)
+    state = D.steering._FKState(
+        None, None, *(jnp.zeros(k),) * 2, jnp.full(k, -jnp.inf), jnp.zeros(k), jnp.zeros(k)
+    )
+    total, run_max, run_sum, prev = np.zeros(k), np.full(k, -np.inf), np.zeros(k), np.zeros(k)
+    for r in rs:
+        log_g, (r_prev, r_max, r_sum) = D.potential_log(potential, lam, jnp.asarray(r), state)
+        run_max, run_sum = np.maximum(run_max, r), run_sum + r
+        want = {"diff": lam * (r - prev), "max": lam * run_max, "sum": lam * run_sum, "rt": lam * r}
+        np.testing.assert_allclose(log_g, want[potential], rtol=1e-5)
+        prev = r
+        state = state._replace(
+            r_prev=r_prev, r_max=r_max, r_sum=r_sum, log_applied=state.log_applied + log_g
+        )
+        total += np.asarray(log_g)
+    if potential == "diff":  # DIFF telescopes on its own
+        np.testing.assert_allclose(total, lam * rs[-1], rtol=1e-5)
+    terminal = lam * r_final - total  # what fk_steering applies at the last step
+    np.testing.assert_allclose(total + terminal, lam * r_final)
+
+
+@pytest.mark.parametrize(
+    "potential", ["diff", "max", *(pytest.param(p, marks=pytest.mark.slow) for p in ("sum", "rt"))]
+)
+def test_fk_weights_without_resampling_are_exp_lam_r(gmm_setup, potential):
+    """With weights carried and no resampling, final weights are exactly softmax(lam r(x0))."""
+    g, proc = gmm_setup
+    lam = 0.8
+    run = lambda k: D.fk_steering(
+        k,
+        g,
+        proc,
+        REWARD,
+        num_particles=6,
+        lam=lam,
+        potential=potential,
+        adaptive=True,
+        ess_threshold=1e-6,
+    )
+    res = jax.jit(run)(jax.random.key(1))
+    assert int(res.num_resamples) == 0
+    np.testing.assert_allclose(res.log_weights, jax.nn.log_softmax(lam * res.rewards), atol=1e-4)
+    np.testing.assert_allclose(res.rewards, res.population @ W, rtol=1e-5)
+
+
+def test_fk_counts_and_schedule(gmm_setup):
+    g, proc = gmm_setup
+    k = 4
+    mask = D.resample_schedule(T, every=3)  # steps 0, 3, 6
+    res = jax.jit(
+        lambda key: D.fk_steering(
+            key, g, proc, REWARD, num_particles=k, lam=1.0, resample_mask=mask
+        )
+    )(jax.random.key(0))
+    assert int(res.denoiser_calls) == k * T
+    assert int(res.reward_calls) == k * (int(mask[: T - 1].sum()) + 1)
+    assert int(res.num_resamples) == int(mask[: T - 1].sum())
+    bon = D.best_of_n(jax.random.key(0), g, proc, REWARD, num_samples=k)
+    assert int(bon.denoiser_calls) == k * T and int(bon.reward_calls) == k
+    sv = D.svdd(jax.random.key(0), g, proc, REWARD, num_candidates=k)
+    assert int(sv.denoiser_calls) == 1 + k * (T - 1) and int(sv.reward_calls) == k * T
+
+
+# ----------------------------------------------------------------------------- SVDD
+
+
+def test_svdd_alpha_zero_is_argmax(gmm_setup):
+    """alpha = 0 (argmax) equals the alpha -> 0 limit of softmax selection, and beats best-of-1."""
+    g, proc = gmm_setup
+    keys = jax.random.split(jax.random.key(2), 16)
+    run = lambda a: jax.jit(
+        jax.vmap(lambda k: D.svdd(k, g, proc, REWARD, num_candidates=5, alpha=a))
+    )(keys)
+    hard, soft = run(0.0), run(1e-7)
+    np.testing.assert_allclose(hard.sample, soft.sample, atol=1e-6)
+    base = jax.vmap(lambda k: D.sample(k, g, proc))(keys) @ W
+    assert float(jnp.mean(hard.rewards)) > float(jnp.mean(base)) + 1.0
+
+
+def test_svdd_value_fn_and_batch_resampling(gmm_setup):
+    g, proc = gmm_setup
+    # an exact value for a linear reward: v(x_t) = w . E[x0 | x_t]
+    value_fn = lambda p, x, n: toys.gmm_denoise_at(p, x, D.vp_schedule(T).alpha_bars[n]) @ W
+    res = D.svdd(
+        jax.random.key(0),
+        g,
+        proc,
+        REWARD,
+        num_candidates=4,
+        num_chains=3,
+        value_fn=value_fn,
+        value_params=g,
+        batch_resample_lam=1.0,
+        alpha=0.5,
+    )
+    assert int(res.value_calls) == 3 * 4 * (T - 1)
+    assert int(res.denoiser_calls) == 3 * T and int(res.num_resamples) == T - 1
+    assert res.population.shape == (3, 2)
+
+
+# ----------------------------------------------------------------------------- jit / vmap / sharding
+
+
+def test_jit_vmap_match_loop(gmm_setup):
+    g, proc = gmm_setup
+    f = lambda k: D.smc(k, g, proc, REWARD, num_particles=4, lam=1.0)
+    keys = jax.random.split(jax.random.key(5), 2)
+    batched = jax.jit(jax.vmap(f))(keys)
+    for i in range(2):
+        one = jax.jit(f)(keys[i])
+        np.testing.assert_allclose(batched.sample[i], one.sample, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(batched.log_weights[i], one.log_weights, rtol=1e-4, atol=1e-4)
+
+
+def test_sharded_particles_equal_single_device(gmm_setup, cpu_devices):
+    g, proc = gmm_setup
+    mesh = Mesh(np.array(cpu_devices[:4]), ("p",))
+    sharding = NamedSharding(mesh, PartitionSpec("p"))
+    run = lambda s: jax.jit(
+        lambda k: D.fk_steering(
+            k, g, proc, REWARD, num_particles=8, lam=1.0, potential="max", particle_sharding=s
+        )
+    )
+    one = run(None)(jax.random.key(7))
+    sharded = run(sharding)(jax.random.key(7))
+    np.testing.assert_allclose(sharded.population, one.population, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sharded.log_weights, one.log_weights, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- masked diffusion
+
+
+def test_fk_and_svdd_on_masked_chain_raise_reward():
+    chain = toys.default_chain()
+    L, V = 5, 4
+    proc = D.masked_process(toys.chain_denoiser, 6, L, V)
+    reward = toys.token_count_reward(2)
+    keys = jax.random.split(jax.random.key(0), 32)
+    base = jax.jit(jax.vmap(lambda k: D.sample(k, chain, proc)))(keys)
+    fk = jax.jit(
+        jax.vmap(lambda k: D.fk_steering(k, chain, proc, reward, num_particles=8, lam=2.0))
+    )(keys)
+    sv = jax.jit(jax.vmap(lambda k: D.svdd(k, chain, proc, reward, num_candidates=8)))(keys)
+    r0 = float(jnp.mean(jax.vmap(reward)(base)))
+    assert float(jnp.mean(jax.vmap(reward)(fk.sample))) > r0 + 0.5
+    assert float(jnp.mean(sv.rewards)) > r0 + 0.5
+    assert fk.sample.dtype == jnp.int32 and bool(jnp.all(fk.sample < V))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors(gmm_setup):
+    g, proc = gmm_setup
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="num_particles"):
+        D.fk_steering(key, g, proc, REWARD, num_particles=0)
+    with pytest.raises(ValueError, match="num_candidates"):
+        D.svdd(key, g, proc, REWARD, num_candidates=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        D.best_of_n(key, g, proc, REWARD, num_samples=-1)
+    with pytest.raises(ValueError, match="unknown potential 'log'"):
+        D.fk_steering(key, g, proc, REWARD, num_particles=2, potential="log")
+    with pytest.raises(ValueError, match="unknown resampling"):
+        D.fk_steering(key, g, proc, REWARD, num_particles=2, resampling="residualx")
+    with pytest.raises(ValueError, match="resample_mask"):
+        D.fk_steering(key, g, proc, REWARD, num_particles=2, resample_mask=np.ones(T + 1, bool))
+    with pytest.raises(ValueError, match="alpha"):
+        D.svdd(key, g, proc, REWARD, num_candidates=2, alpha=-1.0)
+    with pytest.raises(ValueError, match="reward_fn must return a scalar"):
+        D.fk_steering(key, g, proc, lambda x: x, num_particles=2)
+    with pytest.raises(ValueError, match="reward_fn failed on one sample of shape"):
+        D.svdd(key, g, proc, lambda x: x @ jnp.ones(3), num_candidates=2)
+    with pytest.raises(Exception, match="NaN or inf"):
+        jax.block_until_ready(
+            jax.jit(
+                lambda k: D.fk_steering(k, g, proc, lambda x: jnp.sum(x) * jnp.nan, num_particles=2)
+            )(key)
+        )
+    ok = jax.jit(
+        lambda k: D.fk_steering(
+            k, g, proc, lambda x: jnp.log(x[0]), num_particles=4, check_finite=False
+        )
+    )(key)
+    assert int(ok.nonfinite_rewards) > 0 and bool(jnp.all(jnp.isfinite(ok.sample)))
+    bad_den = D.vp_process(lambda p, x, t: jnp.zeros(3), D.vp_schedule(T), (2,))
+    with pytest.raises(ValueError, match="denoise_fn returned shape"):
+        D.fk_steering(key, g, bad_den, REWARD, num_particles=2)
