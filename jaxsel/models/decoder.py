@@ -95,6 +95,26 @@ def param_shapes(config: DecoderConfig) -> Params:
     )
 
 
+def heads_param_specs(params: Params, axis: str = "heads") -> Any:
+    """PartitionSpecs sharding every per-head parameter over its head axis (others replicated).
+
+    Attention then runs head-parallel; the output projection's sum over heads and TokenSelect's
+    vote over heads become collectives that XLA inserts.
+    """
+    P = jax.sharding.PartitionSpec
+    by_name = {
+        "wq": P(None, axis, None),
+        "wk": P(None, axis, None),
+        "wv": P(None, axis, None),
+        "wo": P(axis, None, None),
+        "bq": P(axis, None),
+        "bk": P(axis, None),
+        "bv": P(axis, None),
+    }
+    layers = [{n: by_name.get(n, P()) for n in lp} for lp in params["layers"]]
+    return {**{n: P() for n in params if n != "layers"}, "layers": layers}
+
+
 # ----------------------------------------------------------------------------- pure math
 def rms_norm(x: jax.Array, w: jax.Array, *, eps: float) -> jax.Array:
     """RMSNorm over the last axis, computed in float32, returned in ``x.dtype`` (times ``w``)."""

@@ -134,6 +134,7 @@ def _select_states(policy: pol.Policy, config: DecoderConfig, batch: int) -> Any
         "eos_id",
         "pad_id",
         "cache_dtype",
+        "cache_sharding",
     ),
 )
 def generate_jit(
@@ -153,6 +154,7 @@ def generate_jit(
     eos_id: int | None = None,
     pad_id: int = 0,
     cache_dtype: Any = None,
+    cache_sharding: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The whole generation under one ``jit``: prefill, then ``max_new_tokens`` decode steps.
 
@@ -162,6 +164,11 @@ def generate_jit(
     B = tokens.shape[0]
     dtype = cache_dtype or params["embed"].dtype
     cache = init_cache(config, B, cache_len, dtype=dtype)
+    if cache_sharding is not None:
+        cache = cache._replace(
+            k=jax.lax.with_sharding_constraint(cache.k, cache_sharding),
+            v=jax.lax.with_sharding_constraint(cache.v, cache_sharding),
+        )
     cache = prefill(
         params, config, tokens, lengths, cache, n_tokens=n_prefill, chunk=chunk, policy=policy
     )
@@ -185,6 +192,9 @@ def generate_jit(
             return logits[0], ck_b, cv_b, s_b
 
         logits, ck, cv, states = jax.vmap(one)(ck, cv, cur, pos, states)
+        if cache_sharding is not None:
+            ck = jax.lax.with_sharding_constraint(ck, cache_sharding)
+            cv = jax.lax.with_sharding_constraint(cv, cache_sharding)
         keys = jax.random.split(key_t, B)
         nxt = jax.vmap(lambda lg, k: sample_token(lg, k, temperature=temperature, top_p=top_p))(
             logits, keys
@@ -219,6 +229,7 @@ def generate(
     eos_id: int | None = None,
     pad_id: int = 0,
     return_hit_rate: bool = False,
+    cache_sharding: Any = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Generates ``max_new_tokens`` tokens for a batch of prompts with the chosen attention policy.
 
@@ -233,6 +244,9 @@ def generate(
       temperature, top_p: sampling (``temperature=0``: greedy); ``key`` required when sampling.
       eos_id: after it, a sequence emits ``pad_id``.
       return_hit_rate: also return the Selection Cache hit rate per sequence.
+      cache_sharding: optional ``NamedSharding`` for the ``[B, L, N, Hkv, d]`` KV cache (e.g.
+        over heads with :func:`jaxsel.models.cache.heads_partition_spec`); shard the parameters
+        to match with :func:`jaxsel.models.decoder.heads_param_specs`.
 
     Returns:
       ``[B, max_new_tokens]`` int32 NumPy array (and ``[B]`` hit rates if asked).
@@ -276,6 +290,7 @@ def generate(
         top_p=float(top_p),
         eos_id=eos_id,
         pad_id=pad_id,
+        cache_sharding=cache_sharding,
     )
     out = np.asarray(out)
     return (out, np.asarray(hits)) if return_hit_rate else out

@@ -1,21 +1,25 @@
 """Synthetic long-context retrieval: passkey and multi-key associative recall, plus training.
 
-Both tasks hide short "needles" in random filler and ask for them at the end, so answering needs an
-induction circuit: a previous-token head writes "my predecessor is X" into each needle token, and a
-content head at the question matches X by ``q . k``. The question token and the needle share that
-content, which is what lets TokenSelect's ``q . k`` soft vote find the needle in a long cache.
+Both tasks hide needles in random filler and ask for them at the end. Each needle token carries
+its own key (as in a real document where the fact sits next to its subject), so the question token
+finds it with ONE content match ``q . k``: exactly what TokenSelect's soft vote ranks, and a circuit
+a small decoder learns in a few hundred CPU steps.
 
-Vocabulary (64 ids): PAD 0, BOS 1, QUERY 2, PASS 3, SEP 4; keys 8..31; values 32..47;
-filler 48..63.
+Vocabulary (256 ids): PAD 0, BOS 1, QUERY 2, PASS 3; keys ``[8, 24)``; values ``[24, 32)``;
+facts ``fact(k, v)`` ``[32, 160)``; passkey digits ``digit(i, v)`` (slot i < 4) ``[160, 192)``;
+answer digits ``answer(i, v)`` ``[192, 224)``; filler ``[224, 240)``.
 
-- Associative recall (AR): ``n_pairs`` facts ``SEP k v`` (distinct keys) at random places in the
-  filler; training asks all of them (``QUERY k v`` per fact, shuffled) after the context; evaluation
-  asks one: prompt ``... QUERY k`` -> answer ``v``.
-- Passkey: one needle ``PASS v1 .. v4`` (distinct values) in the filler; question ``QUERY PASS`` ->
-  answer ``v1 v2 v3 v4``.
+- Associative recall (AR): ``n_pairs`` fact tokens (distinct keys) at random places in the filler;
+  training asks all of them (``QUERY k v`` each, shuffled) after the context; evaluation asks one:
+  prompt ``... QUERY k`` -> answer ``v``.
+- Passkey: the needle ``digit(0, v0) .. digit(3, v3)`` (contiguous) in the filler; question
+  ``QUERY PASS`` -> answer ``answer(0, v0) .. answer(3, v3)``. Each answer token names its slot,
+  so the next step's query looks up the next digit.
 
 Training (``make_train(config) -> train(key)``, ``lax.scan`` inside) minimises cross-entropy on the
-answer tokens only, at one fixed training length.
+answer tokens only, at one fixed training length. RoPE theta is small (500) so that every
+frequency turns noticeably within the training window: past it, dense attention meets relative
+positions it never saw, as pretrained LLMs do past their context length.
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ import optax
 from jaxsel.models.config import DecoderConfig
 from jaxsel.models.decoder import Params, forward, init_params
 
-PAD, BOS, QUERY, PASS, SEP = 0, 1, 2, 3, 4
-KEY0, N_KEYS = 8, 24
-VAL0, N_VALUES = 32, 16
-FILL0, N_FILL = 48, 16
-VOCAB = 64
+PAD, BOS, QUERY, PASS = 0, 1, 2, 3
+KEY0, N_KEYS = 8, 16
+VAL0, N_VALUES = 24, 8
+FACT0 = 32
 PASSKEY_LEN = 4
+DIGIT0 = FACT0 + N_KEYS * N_VALUES
+ANSWER0 = DIGIT0 + PASSKEY_LEN * N_VALUES
+FILL0, N_FILL = ANSWER0 + PASSKEY_LEN * N_VALUES, 16
+VOCAB = 256
 ANSWER_LEN = PASSKEY_LEN  # generated tokens per question (AR reads the first)
 
 ASSET_DIR = Path(__file__).parent / "assets" / "retrieval"
@@ -48,12 +55,12 @@ ASSET_DIR = Path(__file__).parent / "assets" / "retrieval"
 class TrainConfig:
     """Training of the retrieval model (all static)."""
 
-    train_len: int = 128
-    n_pairs: int = 8
+    train_len: int = 64
+    n_pairs: int = 4
     batch_size: int = 32
-    steps: int = 3000
+    steps: int = 600
     lr: float = 3e-3
-    warmup: int = 100
+    warmup: int = 50
     weight_decay: float = 0.01
     seed: int = 0
     hidden_size: int = 64
@@ -61,7 +68,7 @@ class TrainConfig:
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
-    rope_theta: float = 10000.0
+    rope_theta: float = 500.0
 
     def model_config(self) -> DecoderConfig:
         return DecoderConfig(
@@ -85,10 +92,11 @@ def _context(key: jax.Array, ctx_len: int, needles: jax.Array) -> jax.Array:
     n_cells = ctx_len // w
     if n_cells < n:
         raise ValueError(f"context of {ctx_len} tokens cannot hold {n} needles of width {w}")
-    kf, kc = jax.random.split(key)
+    kf, kc, ks = jax.random.split(key, 3)
     ctx = FILL0 + jax.random.randint(kf, (ctx_len,), 0, N_FILL)
     cells = jax.random.choice(kc, n_cells, (n,), replace=False)
-    pos = (cells[:, None] * w + jnp.arange(w)).reshape(-1)
+    shift = jax.random.randint(ks, (), 0, ctx_len - n_cells * w + 1)
+    pos = (shift + cells[:, None] * w + jnp.arange(w)).reshape(-1)
     return ctx.at[pos].set(needles.reshape(-1)).astype(jnp.int32)
 
 
@@ -99,13 +107,15 @@ def ar_example(key: jax.Array, length: int, *, n_pairs: int, n_queries: int) -> 
     NEXT token is an answer (the positions the loss reads).
     """
     kk, kv, kc, kq = jax.random.split(key, 4)
-    keys = KEY0 + jax.random.choice(kk, N_KEYS, (n_pairs,), replace=False)
-    vals = VAL0 + jax.random.randint(kv, (n_pairs,), 0, N_VALUES)
-    facts = jnp.stack([jnp.full_like(keys, SEP), keys, vals], axis=1)
+    keys = jax.random.choice(kk, N_KEYS, (n_pairs,), replace=False)
+    vals = jax.random.randint(kv, (n_pairs,), 0, N_VALUES)
+    facts = (FACT0 + keys * N_VALUES + vals)[:, None]
     ctx_len = length - 1 - 3 * n_queries
     ctx = _context(kc, ctx_len, facts)
     ask = jax.random.permutation(kq, n_pairs)[:n_queries]
-    tail = jnp.stack([jnp.full((n_queries,), QUERY), keys[ask], vals[ask]], axis=1).reshape(-1)
+    tail = jnp.stack(
+        [jnp.full((n_queries,), QUERY), KEY0 + keys[ask], VAL0 + vals[ask]], axis=1
+    ).reshape(-1)
     tokens = jnp.concatenate([jnp.array([BOS]), ctx, tail]).astype(jnp.int32)
     mask = jnp.zeros((length,), bool).at[1 + ctx_len + 1 + 3 * jnp.arange(n_queries)].set(True)
     return tokens, mask
@@ -114,13 +124,14 @@ def ar_example(key: jax.Array, length: int, *, n_pairs: int, n_queries: int) -> 
 def passkey_example(key: jax.Array, length: int) -> tuple:
     """Passkey retrieval, one sequence of ``length`` tokens ending with the full answer."""
     kv, kc = jax.random.split(key)
-    vals = VAL0 + jax.random.choice(kv, N_VALUES, (PASSKEY_LEN,), replace=False)
-    needle = jnp.concatenate([jnp.array([PASS]), vals])[None]
+    vals = jax.random.randint(kv, (PASSKEY_LEN,), 0, N_VALUES)
+    slot = jnp.arange(PASSKEY_LEN) * N_VALUES
+    needle = (DIGIT0 + slot + vals)[None]
     ctx_len = length - 1 - 2 - PASSKEY_LEN
     ctx = _context(kc, ctx_len, needle)
-    tail = jnp.concatenate([jnp.array([QUERY, PASS]), vals])
+    tail = jnp.concatenate([jnp.array([QUERY, PASS]), ANSWER0 + slot + vals])
     tokens = jnp.concatenate([jnp.array([BOS]), ctx, tail]).astype(jnp.int32)
-    start = 1 + ctx_len + 1  # position of PASS in the question: predicts v1
+    start = 1 + ctx_len + 1  # position of PASS in the question: predicts answer(0, v0)
     mask = jnp.zeros((length,), bool).at[start + jnp.arange(PASSKEY_LEN)].set(True)
     return tokens, mask
 
@@ -150,12 +161,12 @@ class EvalBatch(NamedTuple):
     is_ar: np.ndarray
 
 
-def eval_batch(key: jax.Array, *, length: int, n: int, n_pairs: int = 8) -> EvalBatch:
+def eval_batch(key: jax.Array, *, length: int, n: int, n_pairs: int = 4) -> EvalBatch:
     """``n`` questions (alternating AR / passkey) with prompts of exactly ``length`` tokens."""
 
     def one(k, is_ar):
         ka, kp = jax.random.split(k)
-        t_ar, _ = ar_example(ka, length + 2, n_pairs=n_pairs, n_queries=1)
+        t_ar, _ = ar_example(ka, length + 1, n_pairs=n_pairs, n_queries=1)
         t_pk, _ = passkey_example(kp, length + PASSKEY_LEN)
         ans_ar = jnp.concatenate([t_ar[length : length + 1], jnp.full((PASSKEY_LEN - 1,), PAD)])
         return (
@@ -266,3 +277,109 @@ def load_model(path: str | Path | None = None) -> tuple[Params, DecoderConfig, d
     with ocp.StandardCheckpointer() as ckpt:
         params = ckpt.restore(path / "params", abstract)
     return params, mcfg, info
+
+
+# ----------------------------------------------------------------------------- evaluation
+def eval_policies(train_len: int = 64) -> dict[str, Any]:
+    """The compared policies at one budget of ``train_len // 2 + 4`` tokens (36 for 64).
+
+    TokenSelect keeps 4 sinks + top 16 + 16 local (prefill chunks of 16, so a chunk query sees at
+    most 52 < train_len tokens); streaming keeps 4 sinks + the last 32; the adaptive-temperature
+    row is dense attention with adaptive-temperature softmax.
+    """
+    from jaxsel.models import policies as pol
+
+    q = train_len // 4
+    ts = dict(n_sink=4, top_k=q, n_local=q)
+    return {
+        "dense": pol.Dense(),
+        "tokenselect_compact": pol.TokenSelect(**ts, position_mode="compact"),
+        "tokenselect_original": pol.TokenSelect(**ts, position_mode="original"),
+        "streaming": pol.Streaming(n_sink=4, n_local=2 * q, position_mode="compact"),
+        "adaptive_temperature": pol.Dense(adaptive_temperature=True),
+    }
+
+
+def prefill_chunk_for(policy: Any, train_len: int = 64) -> int:
+    """Dense policies prefill in large chunks (same result, fewer steps); sparse ones in chunks of
+    ``train_len // 4`` so a chunk plus its budget stays inside the training window."""
+    from jaxsel.models import policies as pol
+
+    return 256 if isinstance(policy, pol.Dense) else train_len // 4
+
+
+def evaluate(
+    params: Params,
+    config: DecoderConfig,
+    policy: Any,
+    *,
+    length: int,
+    n: int,
+    key: jax.Array,
+    batch_size: int = 100,
+    train_len: int = 64,
+    n_pairs: int = 4,
+) -> dict[str, float]:
+    """Exact-match accuracy of greedy answers for ``n`` questions with prompts of ``length``.
+
+    Returns accuracy overall, on AR and on passkey questions, and the wall time.
+    """
+    import time
+
+    from jaxsel.models.generate import generate
+
+    data = eval_batch(key, length=length, n=n, n_pairs=n_pairs)
+    t0 = time.perf_counter()
+    outs = []
+    for i in range(0, n, batch_size):
+        outs.append(
+            generate(
+                params,
+                config,
+                data.prompts[i : i + batch_size],
+                max_new_tokens=ANSWER_LEN,
+                cache_len=length + ANSWER_LEN,
+                policy=policy,
+                prefill_chunk=prefill_chunk_for(policy, train_len),
+            )
+        )
+    ok = score(data, np.concatenate(outs))
+    return {
+        "accuracy": float(ok.mean()),
+        "accuracy_ar": float(ok[data.is_ar].mean()),
+        "accuracy_passkey": float(ok[~data.is_ar].mean()),
+        "n": int(n),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def decode_tokens_per_s(
+    params: Params,
+    config: DecoderConfig,
+    policy: Any,
+    *,
+    length: int,
+    batch: int = 4,
+    steps: int = 32,
+    train_len: int = 64,
+) -> float:
+    """Decode throughput at a prompt of ``length``: (batch * steps) / (t(steps + 1) - t(1)), each
+    generate call timed after its compilation, so prefill and compile cancel out."""
+    import time
+
+    from jaxsel.models.generate import generate
+
+    prompts = eval_batch(jax.random.key(123), length=length, n=batch).prompts
+    times = []
+    for new in (1, steps + 1):
+        kw = dict(
+            max_new_tokens=new,
+            cache_len=length + steps + 1,
+            policy=policy,
+            prefill_chunk=prefill_chunk_for(policy, train_len),
+        )
+        generate(params, config, prompts, **kw)  # compile
+        t0 = time.perf_counter()
+        generate(params, config, prompts, **kw)
+        times.append(time.perf_counter() - t0)
+    return batch * steps / max(times[1] - times[0], 1e-9)

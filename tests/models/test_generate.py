@@ -53,7 +53,9 @@ def test_policies_equal_dense_when_budget_covers_the_cache(model):
     kw = dict(max_new_tokens=6, cache_len=64, prefill_chunk=16)
     dense = generate(p, CFG, PROMPTS, **kw)
     for policy in (
-        TokenSelect(n_sink=4, top_k=32, n_local=28, position_mode="original"),
+        TokenSelect(
+            n_sink=4, top_k=32, n_local=28, position_mode="original", implementation="pallas"
+        ),
         TokenSelect(n_sink=4, top_k=32, n_local=28, cache_threshold=0.9),
         Streaming(n_sink=4, n_local=60),
         TokenSelect(n_sink=2, top_k=4, n_local=4, dense_layers=(0, 1)),

@@ -1,0 +1,127 @@
+"""Long-context extrapolation of the retrieval model: accuracy at 1x..32x the training length.
+
+    nice -n 10 .venv/bin/python scripts/eval_longcontext.py --n 200
+
+For every (policy, length multiple) cell: ``n`` questions (half associative recall, half passkey),
+greedy answers, exact match. The same questions are used for every policy at a given length. Writes
+``results/models/longcontext.json`` (with machine info) and ``longcontext.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+from tqdm.auto import tqdm
+
+from jaxsel._bench import format_table, write_json
+from jaxsel.models import retrieval as rt
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", type=Path, default=rt.ASSET_DIR, help="saved retrieval model")
+    p.add_argument("--multiples", type=str, default="1,2,4,8,16,32")
+    p.add_argument("--n", type=int, default=200, help="questions per cell")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--policies", type=str, default="all", help="comma list or 'all'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("results/models"))
+    p.add_argument("--slice-only", action="store_true", help="only the test slice")
+    return p.parse_args()
+
+
+def plot(rows: list[dict], path: Path, train_len: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["policy"] for r in rows):
+        rs = [r for r in rows if r["policy"] == name]
+        ax.plot([r["multiple"] for r in rs], [r["accuracy"] for r in rs], "o-", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"prompt length / training length ({train_len})")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Retrieval beyond the training length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse()
+    params, config, info = rt.load_model(args.model)
+    train_len = info["train_config"]["train_len"]
+    n_pairs = info["train_config"]["n_pairs"]
+    policies = rt.eval_policies(train_len)
+    if args.policies != "all":
+        policies = {k: policies[k] for k in args.policies.split(",")}
+    if args.slice_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_slice(params, config, args, train_len, n_pairs)
+        return
+    multiples = [int(m) for m in args.multiples.split(",")]
+    rows = []
+    t0 = time.perf_counter()
+    cells = [(m, name) for m in multiples for name in policies]
+    for m, name in tqdm(cells, desc="cells"):
+        res = rt.evaluate(
+            params,
+            config,
+            policies[name],
+            length=m * train_len,
+            n=args.n,
+            key=jax.random.fold_in(jax.random.key(args.seed), m),
+            batch_size=args.batch_size,
+            train_len=train_len,
+            n_pairs=n_pairs,
+        )
+        rows.append({"policy": name, "multiple": m, "length": m * train_len, **res})
+        tqdm.write(f"{name:>22s} x{m:<3d} acc {res['accuracy']:.3f} ({res['seconds']:.0f} s)")
+    print(format_table(rows))
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "train_len": train_len,
+        "policies": {k: repr(v) for k, v in policies.items()},
+        "rows": rows,
+        "wall_s": time.perf_counter() - t0,
+    }
+    print(f"wrote {write_json(args.out / 'longcontext.json', payload)}")
+    plot(rows, args.out / "longcontext.png", train_len)
+    print(f"wrote {args.out / 'longcontext.png'}")
+    write_slice(params, config, args, train_len, n_pairs)
+
+
+SLICE = (("dense", 1), ("tokenselect_compact", 16), ("dense", 16), ("streaming", 4))
+SLICE_N = 20
+
+
+def write_slice(params, config, args, train_len: int, n_pairs: int) -> None:
+    """A few small cells the test suite recomputes from the shipped checkpoint."""
+    policies = rt.eval_policies(train_len)
+    cells = []
+    for name, m in SLICE:
+        res = rt.evaluate(
+            params,
+            config,
+            policies[name],
+            length=m * train_len,
+            n=SLICE_N,
+            key=jax.random.fold_in(jax.random.key(args.seed), m),
+            train_len=train_len,
+            n_pairs=n_pairs,
+        )
+        cells.append({"policy": name, "multiple": m, "length": m * train_len, "n": SLICE_N, **res})
+    path = write_json(args.out / "longcontext_slice.json", {"seed": args.seed, "cells": cells})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

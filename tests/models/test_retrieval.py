@@ -1,0 +1,106 @@
+"""Synthetic retrieval task, training loop (resume = uninterrupted), shipped checkpoint and demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxsel.models import retrieval as rt
+
+RESULTS = Path(__file__).resolve().parents[2] / "results" / "models"
+
+
+def test_eval_batch_matches_a_plain_decoding_of_the_task():
+    data = rt.eval_batch(jax.random.key(0), length=40, n=6)
+    assert data.prompts.shape == (6, 40) and data.answers.shape == (6, rt.ANSWER_LEN)
+    for prompt, ans, is_ar in zip(data.prompts, data.answers, data.is_ar):
+        assert prompt[0] == rt.BOS and prompt[-2] == rt.QUERY
+        if is_ar:
+            key = prompt[-1] - rt.KEY0
+            facts = prompt[(prompt >= rt.FACT0) & (prompt < rt.DIGIT0)] - rt.FACT0
+            assert len(facts) == 4 and len(set(facts // rt.N_VALUES)) == 4
+            (match,) = facts[facts // rt.N_VALUES == key]
+            assert ans[0] == rt.VAL0 + match % rt.N_VALUES
+            assert (ans[1:] == rt.PAD).all()
+        else:
+            assert prompt[-1] == rt.PASS
+            (where,) = np.nonzero((prompt >= rt.DIGIT0) & (prompt < rt.ANSWER0))
+            assert np.array_equal(where, where[0] + np.arange(4))
+            digits = prompt[where] - rt.DIGIT0
+            assert np.array_equal(digits // rt.N_VALUES, np.arange(4))
+            assert np.array_equal(ans, rt.ANSWER0 + digits)
+        filler = prompt[1:-2]
+        assert ((filler >= rt.FILL0) | (filler < rt.ANSWER0)).all()
+    perfect = rt.score(data, data.answers)
+    assert perfect.all()
+    wrong = data.answers.copy()
+    wrong[:, 0] += 1
+    assert not rt.score(data, wrong).any()
+
+
+@pytest.mark.slow  # two compilations of the training scan (~30 s of CPU)
+def test_resumed_training_equals_uninterrupted():
+    cfg = rt.TrainConfig(
+        train_len=32,
+        n_pairs=2,
+        batch_size=4,
+        steps=4,
+        warmup=1,
+        hidden_size=16,
+        intermediate_size=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+    )
+    init, run, _ = rt.make_train(cfg)
+    s0 = init(jax.random.key(0))
+    k = jax.random.key(1)
+    whole, (loss_w, _) = run(s0, k, 4)
+    half, (loss_a, _) = run(s0, k, 2)
+    # round-trip through host arrays, as a checkpoint does
+    half = jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a)), half)
+    rest, (loss_b, _) = run(half, k, 2)
+    assert int(rest.step) == 4
+    np.testing.assert_allclose(np.concatenate([loss_a, loss_b]), loss_w, rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        whole.params,
+        rest.params,
+    )
+
+
+@pytest.mark.skipif(not (rt.ASSET_DIR / "train_config.json").exists(), reason="no shipped model")
+def test_shipped_checkpoint_reproduces_the_table_slice():
+    """Recomputes the cells stored in results/models/longcontext_slice.json by the eval script."""
+    stored = json.loads((RESULTS / "longcontext_slice.json").read_text())
+    params, config, info = rt.load_model()
+    assert config.vocab_size == rt.VOCAB
+    policies = rt.eval_policies(info["train_config"]["train_len"])
+    for cell in stored["cells"]:
+        res = rt.evaluate(
+            params,
+            config,
+            policies[cell["policy"]],
+            length=cell["length"],
+            n=cell["n"],
+            key=jax.random.fold_in(jax.random.key(stored["seed"]), cell["multiple"]),
+            train_len=info["train_config"]["train_len"],
+        )
+        # greedy argmax on another CPU may flip a near-tie: allow one question of slack
+        assert abs(res["accuracy"] - cell["accuracy"]) <= 1.0 / cell["n"] + 1e-9, cell
+
+
+@pytest.mark.skipif(not (rt.ASSET_DIR / "train_config.json").exists(), reason="no shipped model")
+def test_demo_quick_writes_table_and_png(tmp_path, capsys):
+    from jaxsel.demo import run_demo
+
+    assert run_demo(quick=True, out_dir=str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "tokenselect_compact" in out and "exact-match accuracy" in out
+    payload = json.loads((tmp_path / "demo.json").read_text())
+    assert {r["policy"] for r in payload["rows"]} == {"dense", "tokenselect_compact"}
+    assert (tmp_path / "demo.png").stat().st_size > 1000
