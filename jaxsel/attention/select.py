@@ -179,6 +179,7 @@ def select_tokens(
     vote_pool: int = 1,
     gqa_mapping: str = "group",
     axis_name: str | None = None,
+    implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array]:
     """TokenSelect: the tokens one decode step attends to (arXiv:2411.02886, Sec. 3).
 
@@ -198,7 +199,11 @@ def select_tokens(
       gqa_mapping: ``"group"`` (standard) or ``"modulo"`` (the authors' kernel).
       axis_name: when the heads are sharded (``shard_map`` over a mesh axis), the name of that axis:
         each shard votes with its own heads and the votes are summed with ``lax.psum``, so every
-        shard selects the same tokens. Requires the "group" mapping with contiguous head shards.
+        shard selects the same tokens. Requires the "group" mapping with contiguous head shards,
+        and every shard must pass it (the branches of the dense/sparse ``lax.cond`` must agree).
+      implementation: ``"xla"`` (this function, the reference semantics) or ``"pallas"`` (the
+        fused kernels of :func:`pallas_kernels.token_select`, best backend for the device, which
+        falls back to XLA where none runs); any other name is passed to it as is.
 
     Returns:
       ``(indices, valid)``, each ``[n_sink + top_k + n_local]``: int32 indices sorted ascending and
@@ -211,6 +216,22 @@ def select_tokens(
     budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=n)
     _checks.check_positive_int(vote_pool, "vote_pool")
     _checks.check_gqa_mapping(gqa_mapping)
+    if implementation != "xla":
+        import pallas_kernels
+
+        return pallas_kernels.token_select(
+            q,
+            k,
+            kv_len,
+            top_k=top_k,
+            n_sink=n_sink,
+            n_local=n_local,
+            scale=scale,
+            vote_pool=vote_pool,
+            gqa_mapping=gqa_mapping,
+            axis_name=axis_name,
+            implementation=None if implementation == "pallas" else implementation,
+        )
 
     def sparse():
         votes = jnp.zeros((n,), jnp.float32)

@@ -34,6 +34,7 @@ def sparse_attention(
     scale: float | None = None,
     gqa_mapping: str = "group",
     adaptive_temperature: bool = False,
+    implementation: str = "xla",
 ) -> jax.Array:
     """Attention of each query head over the gathered tokens ``k[indices], v[indices]`` only.
 
@@ -47,6 +48,9 @@ def sparse_attention(
       scale: logit scale, ``None`` for ``1/sqrt(d)``.
       gqa_mapping: "group" or "modulo" (see :func:`token_scores`).
       adaptive_temperature: use :func:`adaptive_temperature_softmax` instead of softmax.
+      implementation: ``"xla"`` (this function) or ``"pallas"``
+        (:func:`pallas_kernels.sparse_decode_attention`, flash-decoding over the set; shared
+        ``[B]`` indices and plain softmax only); other names are passed to it as is.
 
     Returns:
       ``[Hq, d]`` in ``result_type(q, v)``; zeros for a head with no valid entry.
@@ -55,6 +59,25 @@ def sparse_attention(
     _checks.check_kv(k, v)
     _checks.check_indices(indices, valid, hq)
     _checks.check_gqa_mapping(gqa_mapping)
+    if implementation != "xla":
+        if indices.ndim != 1 or adaptive_temperature:
+            raise ValueError(
+                f"implementation={implementation!r} supports shared [B] indices and plain softmax "
+                f"only, got indices.shape={indices.shape}, {adaptive_temperature=}"
+            )
+        import pallas_kernels
+
+        out = pallas_kernels.sparse_decode_attention(
+            q,
+            k,
+            v,
+            indices,
+            valid,
+            scale=scale,
+            gqa_mapping=gqa_mapping,
+            implementation=None if implementation == "pallas" else implementation,
+        )
+        return out.astype(jnp.result_type(q.dtype, v.dtype))
     d = q.shape[-1]
     out_dtype = jnp.result_type(q.dtype, v.dtype)
     scale = _checks.resolve_scale(scale, d)

@@ -124,3 +124,26 @@ def test_adaptive_temperature_attention():
     sp = sparse_attention(q, k, v, idx, idx < 40, adaptive_temperature=True)
     np.testing.assert_allclose(np.asarray(sp), want, atol=1e-5, rtol=1e-4)
     assert not np.allclose(got, np.asarray(dense_attention(q, k, v, 40)), atol=1e-4)
+
+
+def test_pallas_implementation_agrees_with_xla():
+    """``implementation="pallas"`` dispatches to pallas_kernels (XLA fallback on CPU)."""
+    import warnings
+
+    from jaxsel.attention import select_tokens
+
+    pytest.importorskip("pallas_kernels")
+    q, k, v = make(7)
+    kw = dict(top_k=8, n_sink=2, n_local=4)
+    want = jax.jit(lambda q, k: select_tokens(q, k, 44, **kw))(q, k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = jax.jit(lambda q, k: select_tokens(q, k, 44, implementation="pallas", **kw))(q, k)
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+        out = jax.jit(lambda *a: sparse_attention(*a, implementation="pallas"))(q, k, v, *want)
+    np.testing.assert_allclose(
+        np.asarray(out), np.asarray(sparse_attention(q, k, v, *want)), atol=1e-5, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="shared"):
+        sparse_attention(q, k, v, *want, adaptive_temperature=True, implementation="pallas")
