@@ -24,3 +24,15 @@ def interpret_for(implementation: str, mode, pallas_interpret: bool):
 def kernel_backend(request, pallas_interpret):
     impl, mode = request.param
     return impl, interpret_for(impl, mode, pallas_interpret)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("mosaic_tpu", "tpu"), id="mosaic_tpu-tpu"),
+        pytest.param(("mosaic_tpu", True), id="mosaic_tpu-True", marks=pytest.mark.slow),
+    ]
+)
+def kernel_backend_tpu_first(request, pallas_interpret):
+    """Like ``kernel_backend``, with the generic-interpreter run moved to ``-m slow`` (time budget)."""
+    impl, mode = request.param
+    return impl, interpret_for(impl, mode, pallas_interpret)

@@ -82,9 +82,9 @@ def test_kernel_f32_groups_ragged_splits(kernel_backend):
         )
 
 
-def test_kernel_bf16_vmap_empty_split(kernel_backend):
+def test_kernel_bf16_vmap_empty_split(kernel_backend_tpu_first):
     """bf16 caches, vmapped over sequences; one sequence has no valid entry at all (zeros)."""
-    impl, interpret = kernel_backend
+    impl, interpret = kernel_backend_tpu_first
     q, k, v, idx, ok = make(5, 100, 8, 2, 16, 24, 20, dtype=jnp.bfloat16)
     oks = jnp.stack([ok, jnp.zeros_like(ok)])
     fn = jax.vmap(

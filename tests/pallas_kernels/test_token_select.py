@@ -73,13 +73,17 @@ def test_matches_jaxsel_attention():
     attention = pytest.importorskip("jaxsel.attention")
     q, k = make_qk(2, 300, 8, 2, 16)
     kw = dict(top_k=20, n_sink=3, n_local=5)
-    for kv_len in (290, 20):
-        want = attention.select_tokens(q, k, jnp.int32(kv_len), **kw)
-        assert_same(token_select_reference(q, k, jnp.int32(kv_len), **kw), want)
-        assert_same(token_select(q, k, jnp.int32(kv_len), implementation="xla", **kw), want)
-    want = attention.select_tokens(q, k, 290, vote_pool=3, gqa_mapping="modulo", **kw)
-    got = token_select(q, k, 290, vote_pool=3, gqa_mapping="modulo", implementation="xla", **kw)
-    assert_same(got, want)
+    lens = jnp.array([290, 20], jnp.int32)
+    for extra in ({}, {"vote_pool": 3, "gqa_mapping": "modulo"}):
+        want = jax.jit(
+            jax.vmap(lambda n, extra=extra: attention.select_tokens(q, k, n, **kw, **extra))
+        )(lens)
+        got = jax.jit(
+            jax.vmap(
+                lambda n, extra=extra: token_select(q, k, n, implementation="xla", **kw, **extra)
+            )
+        )(lens)
+        assert_same(got, want)
 
 
 def test_votes_are_distributions():
@@ -102,9 +106,9 @@ def test_kernel_f32_group4_ties_ragged(kernel_backend):
         assert_same(got, numpy_select(q, k, 650, **kw))
 
 
-def test_kernel_bf16_group8_vmap(kernel_backend):
+def test_kernel_bf16_group8_vmap(kernel_backend_tpu_first):
     """bf16 cache, 8 query heads per KV head, vmapped over sequences with sparse and dense kv_len."""
-    impl, interpret = kernel_backend
+    impl, interpret = kernel_backend_tpu_first
     kw = dict(top_k=24, n_sink=2, n_local=6)
     q, k = make_qk(6, 400, 8, 1, 16, dtype=jnp.bfloat16)
     qs = jnp.stack([q, -q])
@@ -123,6 +127,7 @@ def test_kernel_bf16_group8_vmap(kernel_backend):
     assert not bool(got[1][1, 25:].any()) and bool(got[1][0].all())
 
 
+@pytest.mark.slow
 def test_kernel_group1_modulo(pallas_interpret):
     """MHA (G = 1) with the "modulo" mapping, generic interpreter."""
     from conftest import interpret_for

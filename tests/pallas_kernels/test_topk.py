@@ -69,9 +69,9 @@ def test_kernel_f32_ties_ragged(kernel_backend):
     np.testing.assert_array_equal(np.asarray(v), nv)
 
 
-def test_kernel_bf16_vmap_k_equals_n(kernel_backend):
+def test_kernel_bf16_vmap_k_equals_n(kernel_backend_tpu_first):
     """bf16, k = N (every element, padding never selected), vmapped over a batch of rows."""
-    impl, interpret = kernel_backend
+    impl, interpret = kernel_backend_tpu_first
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.integers(-3, 4, size=(2, 200)), jnp.bfloat16)
     fn = jax.vmap(lambda r: topk_set(r, 200, implementation=impl, interpret=interpret))
