@@ -99,7 +99,7 @@ def _toy_value(tokens):
     return jnp.cumsum(tokens == D1).astype(jnp.float32)
 
 
-@pytest.mark.parametrize("beam", [1, 3, 5])
+@pytest.mark.parametrize("beam", [1, 4])
 def test_value_guided_beam_search_on_toy(beam):
     prompt = jnp.full((16,), T.PAD).at[0].set(T.BOS).at[1].set(T.SEP)
 

@@ -163,13 +163,14 @@ def test_no_gradient_through_targets():
 def test_n_step_return_hand_computed():
     r = jnp.array([1.0, 2.0, 4.0])
     f = jnp.zeros(3, bool)
-    g, d, last = sac.n_step_return(r, f, f, gamma=0.5)
+    n_step = jax.jit(lambda *a: sac.n_step_return(*a, gamma=0.5))
+    g, d, last = n_step(r, f, f)
     np.testing.assert_allclose([g, d, last], [1 + 1 + 1, 0.125, 2])
     # Terminated at step 1: cut after it, no bootstrap.
-    g, d, last = sac.n_step_return(r, jnp.array([False, True, False]), f, gamma=0.5)
+    g, d, last = n_step(r, jnp.array([False, True, False]), f)
     np.testing.assert_allclose([g, d, last], [2.0, 0.0, 1])
     # Truncated at step 0: cut after it but still bootstrap from its next observation.
-    g, d, last = sac.n_step_return(r, f, jnp.array([True, False, False]), gamma=0.5)
+    g, d, last = n_step(r, f, jnp.array([True, False, False]))
     np.testing.assert_allclose([g, d, last], [1.0, 0.5, 0])
     # vmap and jit agree.
     R = jnp.stack([r, r[::-1]])

@@ -7,8 +7,9 @@ data set by index. The orchestration (which data feeds which trainer) is
 :func:`run_pipeline`, a thin Python function over these jitted pieces.
 
 OREO (arXiv 2412.16145, Alg. 1): per minibatch, first a critic step on Eq. 8, then an actor step
-on Eq. 9 + ``alpha * KL(pi || pi_ref)`` with the freshly updated value held fixed; ``pi_ref`` is
-the SFT model and the value model is the SFT trunk with a zero-initialised scalar head.
+on Eq. 9 + ``alpha * KL(pi || pi_ref)`` with the value held fixed (the minibatch's values from
+before the critic step, as in the authors' ``pcl_trainer.py``); ``pi_ref`` is the SFT model and
+the value model is the SFT trunk with a zero-initialised scalar head.
 """
 
 from __future__ import annotations
@@ -293,10 +294,9 @@ def make_oreo(cfg: OreoConfig, *, steps: int, step_level: bool) -> Callable[...,
             f = lambda a, b, c, r, m, s: losses.oreo_step_value_loss(a, b, c, r, s, m, beta=beta)
         else:
             f = lambda a, b, c, r, m, s: losses.oreo_value_loss(a, b, c, r, m, beta=beta)
-        return jnp.mean(jax.vmap(f)(v, lp, rlp, d.reward, mask, starts))
+        return jnp.mean(jax.vmap(f)(v, lp, rlp, d.reward, mask, starts)), v
 
-    def policy_loss(pp, v, rlp, rlogits, d: OfflineData, mask, starts):
-        lp, logits = _logps(pp, d.tokens, mcfg)
+    def policy_loss(lp, logits, v, rlp, rlogits, d: OfflineData, mask, starts):
         if step_level:
             f = lambda a, b, c, r, m, s: losses.oreo_step_policy_loss(a, b, c, r, s, m, beta=beta)
         else:
@@ -313,16 +313,21 @@ def make_oreo(cfg: OreoConfig, *, steps: int, step_level: bool) -> Callable[...,
             d = jax.tree.map(lambda x: x[i], data)
             mask, starts = _masks(d.tokens, d.prompt_len, d.length)
             rlp, rlogits = jax.lax.stop_gradient(_logps(ref, d.tokens, mcfg))
-            lp = jax.lax.stop_gradient(_logps(pp, d.tokens, mcfg)[0])
+            # one policy forward serves both steps: the critic sees its log-probs as constants,
+            # the actor pulls its loss gradient back through it
+            (lp, logits), pull = jax.vjp(lambda p: _logps(p, d.tokens, mcfg), pp)
             # critic first (Eq. 8, log-ratios fixed) ...
-            lv, gv = jax.value_and_grad(value_loss)(vp, lp, rlp, d, mask, starts)
+            (lv, v), gv = jax.value_and_grad(value_loss, has_aux=True)(
+                vp, jax.lax.stop_gradient(lp), rlp, d, mask, starts
+            )
             u, sv = opt_v.update(gv, sv, vp)
             vp = optax.apply_updates(vp, u)
-            # ... then the actor against the updated, fixed value (Eq. 9 + alpha KL)
-            v = jax.lax.stop_gradient(jax.vmap(lambda t: M.values(vp, t, mcfg))(d.tokens)[:, :-1])
-            (_, (lpi, kl)), gp = jax.value_and_grad(policy_loss, has_aux=True)(
-                pp, v, rlp, rlogits, d, mask, starts
-            )
+            # ... then the actor with the value held fixed (Eq. 9 + alpha KL); like the authors'
+            # code it uses the values computed before this critic update
+            (_, (lpi, kl)), (g_lp, g_logits) = jax.value_and_grad(
+                policy_loss, argnums=(0, 1), has_aux=True
+            )(lp, logits, jax.lax.stop_gradient(v), rlp, rlogits, d, mask, starts)
+            (gp,) = pull((g_lp, g_logits))
             u, sp = opt_pi.update(gp, sp, pp)
             pp = optax.apply_updates(pp, u)
             return (pp, vp, sp, sv), jnp.stack([lv, lpi, kl])
