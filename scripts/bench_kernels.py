@@ -1,0 +1,207 @@
+"""Benchmark the pallas_kernels ops on one decode step of one layer (one sequence).
+
+Per cache length N (default 128K, 512K, 1M; Hq=32, Hkv=8, d=128, bf16 cache, top_k=2048,
+budget 128 + 2048 + 512), all in the same run:
+
+- ``copy``: a device-to-device copy of the K cache (``k * 1``), the bandwidth reference;
+- ``scoring``: TokenSelect's scoring + soft-vote pass alone (reads K once): median time and achieved
+  bandwidth ``bytes(K) / time`` as a fraction of the copy bandwidth (target >= 70% on a GPU);
+- ``topk``: exact top-2048 of an N-long f32 vote row, per top-k implementation, against
+  ``lax.top_k`` and ``lax.approx_max_k`` (ratios: lax.top_k time / candidate time);
+- ``token_select``, ``sparse_decode``: each op alone;
+- ``decode``: a whole decode attention step, TokenSelect (select + sparse attention) vs dense
+  ``jax.nn.dot_product_attention`` over the full cache, with the ratio.
+
+Compile time is reported apart from the steady state (median of ``--iters`` calls).
+
+    python scripts/bench_kernels.py --out results/gpu/bench_kernels.json      # on a GPU
+    python scripts/bench_kernels.py --small --out /tmp/bench_kernels_cpu.json # CPU smoke run
+
+``--implementation`` picks the backend (default: the best for the device, as the library does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from tqdm.auto import tqdm
+
+# Run from a checkout without relying on how (or whether) the project was installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jaxsel._bench import format_table, time_fn, write_json
+from pallas_kernels import available_implementations, sparse_decode_attention, token_select, topk
+from pallas_kernels.token_select.reference import soft_votes_reference
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    ns: tuple[int, ...] = (128 * 1024, 512 * 1024, 1024 * 1024)
+    hq: int = 32
+    hkv: int = 8
+    d: int = 128
+    top_k: int = 2048
+    n_sink: int = 128
+    n_local: int = 512
+    dtype: str = "bfloat16"
+    iters: int = 10
+    implementation: str | None = None
+    topk_impls: tuple[str, ...] = ("xla_radix",)
+    out: str = "results/gpu/bench_kernels.json"
+    seed: int = 0
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ns", type=int, nargs="+", help="cache lengths N")
+    p.add_argument("--small", action="store_true", help="CPU smoke sizes: N in {8K, 32K}, k=256")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--implementation", type=str, default=None, help="backend for all three ops")
+    p.add_argument("--topk-impls", type=str, nargs="+", default=None)
+    p.add_argument("--out", type=str, default=None)
+    a = p.parse_args(argv)
+    cfg = Config()
+    if a.small:
+        cfg = dataclasses.replace(
+            cfg, ns=(8 * 1024, 32 * 1024), top_k=256, n_sink=16, n_local=64, iters=3
+        )
+    over: dict[str, Any] = {"iters": a.iters if not a.small else min(a.iters, cfg.iters)}
+    if a.ns:
+        over["ns"] = tuple(a.ns)
+    if a.implementation:
+        over["implementation"] = a.implementation
+    if a.topk_impls:
+        over["topk_impls"] = tuple(a.topk_impls)
+    if a.out:
+        over["out"] = a.out
+    return dataclasses.replace(cfg, **over)
+
+
+def _row(name: str, n: int, t: Any, **extra: Any) -> dict[str, Any]:
+    return {"op": name, "N": n, "median_ms": 1e3 * t.median_s, "compile_s": t.compile_s, **extra}
+
+
+def bench_one(cfg: Config, n: int) -> list[dict[str, Any]]:
+    dtype = jnp.dtype(cfg.dtype)
+    rng = np.random.default_rng(cfg.seed + n)
+    keys = jax.random.split(jax.random.key(cfg.seed + n), 3)
+    q = jax.random.normal(keys[0], (cfg.hq, cfg.d), dtype)
+    k = jax.random.normal(keys[1], (n, cfg.hkv, cfg.d), dtype)
+    v = jax.random.normal(keys[2], (n, cfg.hkv, cfg.d), dtype)
+    kv_len = jnp.int32(n)
+    k_bytes = k.size * k.dtype.itemsize
+    it = cfg.iters
+    impl = cfg.implementation
+    rows: list[dict[str, Any]] = []
+    sel_kw = dict(top_k=cfg.top_k, n_sink=cfg.n_sink, n_local=cfg.n_local)
+
+    # Bandwidth reference: read + write every byte of K once.
+    t_copy = time_fn(lambda a: a * jnp.asarray(1, a.dtype), k, name="copy", iters=it)
+    copy_bw = 2 * k_bytes / t_copy.median_s
+    rows.append(_row("copy K (read+write)", n, t_copy, GBps=copy_bw / 1e9))
+
+    # Scoring + votes: the pass that reads all of K.
+    if impl in (None, "xla"):
+        score_fn = functools.partial(soft_votes_reference, n_sink=cfg.n_sink, n_local=cfg.n_local)
+        score_name = "scoring+vote (xla)"
+    else:
+        from pallas_kernels.token_select.config import BlockSizes
+        from pallas_kernels.token_select.mosaic_tpu import ranked_votes_pallas
+
+        bs = BlockSizes.get_default(n=n, hq=cfg.hq, hkv=cfg.hkv, d=cfg.d)
+        score_fn = functools.partial(
+            ranked_votes_pallas, n_sink=cfg.n_sink, n_local=cfg.n_local, scale=1.0,
+            gqa_mapping="group", block_sizes=bs,
+        )  # fmt: skip
+        score_name = f"scoring+vote ({impl})"
+    t = time_fn(score_fn, q, k, kv_len, name=score_name, iters=it)
+    bw = k_bytes / t.median_s
+    rows.append(_row(score_name, n, t, GBps=bw / 1e9, frac_of_copy=bw / copy_bw))
+
+    # Top-k of one N-long vote row.
+    x = jnp.asarray(rng.random(n, np.float32))
+    t_lax = time_fn(lambda a: lax.top_k(a, cfg.top_k), x, name="lax.top_k", iters=it)
+    rows.append(_row("topk lax.top_k", n, t_lax, speedup_vs_lax=1.0))
+    t_apx = time_fn(lambda a: lax.approx_max_k(a, cfg.top_k), x, name="approx_max_k", iters=it)
+    rows.append(
+        _row("topk lax.approx_max_k", n, t_apx, speedup_vs_lax=t_lax.median_s / t_apx.median_s)
+    )
+    for name in cfg.topk_impls:
+        t = time_fn(lambda a, m=name: topk(a, cfg.top_k, implementation=m), x, iters=it)
+        rows.append(_row(f"topk {name}", n, t, speedup_vs_lax=t_lax.median_s / t.median_s))
+
+    # Each op alone, then a whole decode step against dense attention.
+    select = lambda q, k, n_: token_select(q, k, n_, implementation=impl, **sel_kw)
+    t_sel = time_fn(select, q, k, kv_len, name="token_select", iters=it)
+    rows.append(_row("token_select", n, t_sel))
+    idx, valid = jax.jit(select)(q, k, kv_len)
+    attend = lambda q, k, v, i, ok: sparse_decode_attention(q, k, v, i, ok, implementation=impl)
+    t_att = time_fn(attend, q, k, v, idx, valid, name="sparse_decode", iters=it)
+    rows.append(_row("sparse_decode_attention", n, t_att))
+
+    def dense(q, k, v, n_):
+        o = jax.nn.dot_product_attention(
+            q[None, None], k[None], v[None], key_value_seq_lengths=jnp.reshape(n_, (1,))
+        )
+        return o[0, 0]
+
+    def step(q, k, v, n_):
+        i, ok = select(q, k, n_)
+        return attend(q, k, v, i, ok)
+
+    t_dense = time_fn(dense, q, k, v, kv_len, name="dense", iters=it)
+    rows.append(_row("decode dense (jax.nn.dot_product_attention)", n, t_dense, ratio_to_dense=1.0))
+    t_step = time_fn(step, q, k, v, kv_len, name="tokenselect step", iters=it)
+    rows.append(
+        _row(
+            "decode TokenSelect (select + sparse)",
+            n,
+            t_step,
+            ratio_to_dense=t_step.median_s / t_dense.median_s,
+        )
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    dev = jax.devices()[0]
+    print(f"jax {jax.__version__}, device {dev.device_kind} ({jax.default_backend()}); "
+          f"implementations here: {available_implementations()}")  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for n in tqdm(cfg.ns, desc="N"):
+        try:
+            rows += bench_one(cfg, n)
+        except Exception as e:  # e.g. out of memory at 1M on a small device: keep what we have
+            rows.append({"op": "error", "N": n, "error": f"{type(e).__name__}: {e}"[:500]})
+            print(f"N={n}: {type(e).__name__}: {e}", file=sys.stderr)
+        write_json(
+            cfg.out,
+            {
+                "config": dataclasses.asdict(cfg),
+                "device_kind": dev.device_kind,
+                "jax_version": jax.__version__,
+                "rows": rows,
+                "wall_s": time.perf_counter() - t0,
+            },
+        )
+    cols = ["op", "N", "median_ms", "compile_s", "GBps", "frac_of_copy", "speedup_vs_lax",
+            "ratio_to_dense"]  # fmt: skip
+    print(format_table(rows, cols))
+    print(f"wrote {Path(cfg.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

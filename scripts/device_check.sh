@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One-command GPU check of pallas_kernels: install (no network, no deps), report the device, run
+# the GPU tests and the kernel benchmarks. Everything lands in the folder given as $1.
+#
+#   bash scripts/device_check.sh /tmp/device_out          # < 8 min on one H100/H200
+#
+# Assumes Python + jax (CUDA) preinstalled. Works (and reports the CPU device) without a GPU too.
+# Env: PYTHON (default python3), BENCH_ARGS (extra args for bench_kernels.py, e.g. "--small").
+set -u -o pipefail
+OUT="${1:?usage: scripts/device_check.sh OUT_DIR}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PY="${PYTHON:-python3}"
+START=$(date +%s)
+log() { echo "[device_check $(($(date +%s) - START))s] $*" | tee -a "$OUT/summary.txt"; }
+
+# 1. Install from the working tree without dependencies or network, into $OUT/site so the
+#    machine's environment is left alone (INSTALL_SYSTEM=1 installs into the environment instead);
+#    PYTHONPATH=checkout always, so tests and scripts import this working tree whatever pip did.
+TARGET=(--target "$OUT/site")
+[ "${INSTALL_SYSTEM:-0}" = 1 ] && TARGET=()
+if "$PY" -m pip install --no-deps --no-build-isolation --no-index --quiet "${TARGET[@]}" . \
+  >"$OUT/install.log" 2>&1; then
+  log "installed project (pip --no-deps --no-build-isolation ${TARGET[*]})"
+else
+  log "pip install failed (see install.log); using PYTHONPATH=$REPO"
+fi
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+# 2. The device.
+timeout 120 "$PY" - >"$OUT/device.txt" 2>&1 <<'PYEOF'
+import jax, platform
+print("python", platform.python_version(), "jax", jax.__version__)
+print("backend", jax.default_backend())
+for d in jax.devices():
+    print("device", d, "|", d.device_kind)
+from pallas_kernels import _compat, available_implementations
+print("mosaic_gpu importable", _compat.has_mosaic_gpu(), "| pallas tpu importable", _compat.has_pallas_tpu())
+print("pallas_kernels implementations here", available_implementations())
+PYEOF
+cat "$OUT/device.txt" | tee -a "$OUT/summary.txt"
+command -v nvidia-smi >/dev/null && nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+
+# 3. GPU tests (skip with a reason on a machine without a GPU).
+timeout 200 "$PY" -m pytest -m gpu tests/pallas_kernels -q -rs -p no:cacheprovider \
+  >"$OUT/pytest_gpu.log" 2>&1
+log "pytest -m gpu tests/pallas_kernels: exit $? ($(tail -n 1 "$OUT/pytest_gpu.log"))"
+
+# 4. Benchmarks; the JSON is rewritten after each N, so a timeout keeps the finished sizes.
+timeout 300 "$PY" scripts/bench_kernels.py --out "$OUT/bench_kernels.json" ${BENCH_ARGS:-} \
+  >"$OUT/bench_kernels.log" 2>&1
+log "bench_kernels: exit $? -> $OUT/bench_kernels.json"
+tail -n 40 "$OUT/bench_kernels.log" | tee -a "$OUT/summary.txt"
+log "done in $(($(date +%s) - START)) s"
