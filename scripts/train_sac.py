@@ -118,13 +118,11 @@ def main() -> None:
     history: list[dict[str, np.ndarray]] = []
     t0 = time.perf_counter()
     if ckpt is not None and (ckpt / "state").exists():
+        # Resume: the state holds everything the loop reads, so this continues bit-exactly.
         state = sac.restore_state(ckpt / "state", abstract)
-        history = [dict(np.load(ckpt / "metrics.npz"))] if (ckpt / "metrics.npz").exists() else []
-        history = (
-            [{k: v[i] for k, v in history[0].items()} for i in range(len(history[0]["env_steps"]))]
-            if history
-            else []
-        )
+        saved = dict(np.load(ckpt / "metrics.npz"))
+        history = [{k: v[i] for k, v in saved.items()} for i in range(len(saved["env_steps"]))]
+        print(f"resumed from {ckpt} after {len(history)} of {config.num_evals} blocks")
     else:
         state = jax.block_until_ready(init(keys))
     for _ in tqdm(range(len(history), config.num_evals), desc=f"SAC {args.env} x{args.seeds}"):

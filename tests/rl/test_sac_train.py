@@ -62,14 +62,14 @@ def pieces(trainer):
 
 
 @pytest.fixture(scope="module")
-def vmapped_run(trainer, cpu_devices):
+def vmapped_run(trainer):
     """4 seeds vmapped on one device; seed 1 with other (traced) learning rates."""
     keys = jnp.stack([jax.random.PRNGKey(i) for i in range(4)])
     hps = jax.tree.map(lambda x: jnp.stack([x] * 4), trainer.default_hparams())
     hps = hps._replace(
         actor_lr=hps.actor_lr.at[1].set(3e-3), critic_lr=hps.critic_lr.at[1].set(5e-4)
     )
-    keys, hps = jax.device_put((keys, hps), cpu_devices[0])
+    # Left uncommitted (default device 0), so slices reuse the compiled single-seed function.
     return keys, hps, jax.jit(jax.vmap(trainer))(keys, hps)
 
 
@@ -136,6 +136,7 @@ def test_seeds_sharded_over_4_devices_equal_one_device(trainer, vmapped_run, cpu
     jax.tree.map(close, (one[0].actor, one[1]), (four[0].actor, four[1]))
 
 
+@pytest.mark.slow
 def test_variants_n_step_band_limited_critic_subset_run():
     cfg = dataclasses.replace(
         TINY,
