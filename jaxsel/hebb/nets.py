@@ -141,20 +141,20 @@ def small_preset(in_shape: tuple[int, int, int] = (28, 28, 1), width: int = 1) -
     )
 
 
-def digits_preset(channels: int = 64) -> NetConfig:
-    """One block for scikit-learn's 8x8 digits: 3x3 conv, Triangle, 2x2 max pool -> 4x4xC features."""
-    block = BlockConfig(
-        channels,
-        3,
-        t_invert=1.0,
-        lr=0.08,
-        triangle_power=0.7,
-        pool="max",
-        pool_window=2,
-        pool_stride=2,
-        pool_padding=0,
+def digits_preset(channels: int = 32) -> NetConfig:
+    """Two blocks for scikit-learn's 8x8 digits: ``channels`` then ``4 * channels``, 2x2 max pools.
+
+    The CIFAR hyperparameters of the first two blocks with 3x3 kernels; features 2x2x(4C).
+    """
+    b0, b1 = _CIFAR_BLOCKS[:2]
+    pool = dict(pool="max", pool_window=2, pool_stride=2, pool_padding=0)
+    return NetConfig(
+        blocks=(
+            dataclasses.replace(b0, out_channels=channels, kernel_size=3, **pool),
+            dataclasses.replace(b1, out_channels=4 * channels, kernel_size=3, **pool),
+        ),
+        in_shape=(8, 8, 1),
     )
-    return NetConfig(blocks=(block,), in_shape=(8, 8, 1))
 
 
 PRESETS = {

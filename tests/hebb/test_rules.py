@@ -205,3 +205,17 @@ def test_bad_input_errors():
         rules.conv_delta(jnp.ones((2, 3)), jnp.ones((2, 4)), jnp.ones((2, 4)), jnp.ones((5, 4)))
     with pytest.raises(ValueError, match="params"):
         rules.scale_by_weight_norm(0.1).update(jnp.ones((2, 2)), optax.EmptyState(), None)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_delta_implementations_agree(stride):
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.normal(size=(2, 7, 6, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 2, 3, 4)), jnp.float32)  # non-square kernel
+    u = rules.conv2d(x, w, strides=(stride, stride))
+    y = rules.softkrotov_wta(u, t_invert=1.0)
+    a = rules.conv_delta(x, y, u, w, strides=(stride, stride), implementation="patches")
+    b = rules.conv_delta(x, y, u, w, strides=(stride, stride), implementation="vjp")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="implementation"):
+        rules.conv_delta(x, y, u, w, implementation="loop")
