@@ -139,19 +139,19 @@ def test_prefill_select_uses_chunk_mean_and_dense_equals_causal():
     idx3, _ = prefill_select(qc, k, past, chunk_len=3, **BUDGET)
     np.testing.assert_array_equal(idx3, select_tokens(qc[:3].mean(0), k, past, **BUDGET)[0])
     # chunk written at past..past+c-1; selected past + causal chunk
-    out = jax.jit(prefill_attention)(qc, k[past : past + c], v[past : past + c], k, v, idx, valid)
+    pa = jax.jit(prefill_attention)
+    out = pa(qc, k[past : past + c], v[past : past + c], k, v, idx, valid)
     past_idx = np.asarray(idx)[np.asarray(valid)]
     np.testing.assert_allclose(
         np.asarray(out), causal_reference(qc, k, v, past_idx, past, c), atol=1e-5, rtol=1e-5
     )
     # budget covering the past: exactly dense causal attention
     big = dict(top_k=20, n_sink=4, n_local=8)
-    idx_d, valid_d = prefill_select(qc, k, 25, **big)
-    out_d = prefill_attention(qc, k[25:30], v[25:30], k, v, idx_d, valid_d)
-    for i in range(c):
-        np.testing.assert_allclose(
-            np.asarray(out_d[i]), np.asarray(dense_attention(qc[i], k, v, 25 + i + 1)), atol=1e-5
-        )
+    idx_d, valid_d = jax.jit(lambda qc, k: prefill_select(qc, k, 25, **big))(qc, k)
+    out_d = pa(qc, k[25:30], v[25:30], k, v, idx_d, valid_d)
+    dense = jax.jit(jax.vmap(dense_attention, in_axes=(0, None, None, 0)))
+    want_d = dense(qc, k, v, jnp.arange(26, 31, dtype=jnp.int32))
+    np.testing.assert_allclose(np.asarray(out_d), np.asarray(want_d), atol=1e-5)
 
 
 def test_chunk_attention_padding_rows_and_decode_equivalence():
@@ -159,13 +159,16 @@ def test_chunk_attention_padding_rows_and_decode_equivalence():
     rng = np.random.default_rng(5)
     qc = rng.normal(size=(4, HQ, D)).astype(np.float32)
     idx, valid = select_tokens(q, k, 50, **BUDGET)
-    full = chunk_attention(qc, k[50:54], v[50:54], k[idx], v[idx], valid)
-    part = chunk_attention(qc, k[50:54], v[50:54], k[idx], v[idx], valid, chunk_len=2)
+    ca = jax.jit(chunk_attention)
+    full = ca(qc, k[50:54], v[50:54], k[idx], v[idx], valid)
+    part = jax.jit(lambda *a: chunk_attention(*a, chunk_len=2))(
+        qc, k[50:54], v[50:54], k[idx], v[idx], valid
+    )
     np.testing.assert_allclose(np.asarray(part[:2]), np.asarray(full[:2]), atol=1e-6)
     # a one-token chunk is a decode step over selected + itself
-    one = chunk_attention(qc[:1], k[50:51], v[50:51], k[idx], v[idx], valid)
+    one = ca(qc[:1], k[50:51], v[50:51], k[idx], v[idx], valid)
     sel = np.concatenate([np.asarray(idx), [50]]).astype(np.int32)
-    dec = sparse_attention(qc[0], k, v, sel, np.ones(sel.shape, bool))
+    dec = jax.jit(sparse_attention)(qc[0], k, v, sel, np.ones(sel.shape, bool))
     np.testing.assert_allclose(np.asarray(one[0]), np.asarray(dec), atol=1e-5)
 
 
@@ -173,12 +176,18 @@ def test_rope_prefill_matches_rope_decode():
     q, k, v = make(6)
     idx, valid = select_tokens(q, k, 50, **BUDGET)
     # a decode step is a one-token chunk after kv_len - 1 past tokens whose selection excludes it
+    sel = jnp.concatenate([idx, jnp.array([50], jnp.int32)])
     for mode in ("original", "compact"):
-        one = rope_prefill_attention(
-            q[None], k[50:51], v[50:51], k, v, idx, valid, 50, position_mode=mode
-        )
-        sel = jnp.concatenate([idx, jnp.array([50], jnp.int32)])
-        dec = rope_sparse_attention(q, k, v, sel, jnp.ones(sel.shape, bool), 51, position_mode=mode)
+        one = jax.jit(
+            lambda q, k, v, i, m, mode=mode: rope_prefill_attention(
+                q[None], k[50:51], v[50:51], k, v, i, m, 50, position_mode=mode
+            )
+        )(q, k, v, idx, valid)
+        dec = jax.jit(
+            lambda q, k, v, i, mode=mode: rope_sparse_attention(
+                q, k, v, i, jnp.ones(i.shape, bool), 51, position_mode=mode
+            )
+        )(q, k, v, sel)
         np.testing.assert_allclose(np.asarray(one[0]), np.asarray(dec), atol=1e-5, rtol=1e-5)
 
 

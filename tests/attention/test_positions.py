@@ -71,6 +71,7 @@ def test_rope_frequencies_linear_and_llama3_closed_form():
         rope_frequencies(63)
 
 
+@pytest.mark.slow  # imports transformers (~10 s); the closed-form llama3 test above runs by default
 def test_rope_matches_hugging_face(torch):
     transformers = pytest.importorskip("transformers")
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS

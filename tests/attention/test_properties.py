@@ -23,8 +23,8 @@ from jaxsel.attention import (
 )
 
 N, D = 32, 8
-HEADS = [(4, 1), (4, 2), (4, 4)]
-BUDGETS = [(0, 0, 4), (5, 2, 3), (8, 0, 0), (3, 4, 1), (12, 2, 4)]  # top_k, n_sink, n_local
+HEADS = [(4, 1), (4, 4)]
+BUDGETS = [(0, 0, 4), (5, 2, 3), (8, 0, 0), (12, 2, 4)]  # top_k, n_sink, n_local
 
 
 @functools.cache
@@ -47,7 +47,7 @@ _votes = jax.jit(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     heads=st.sampled_from(HEADS),
@@ -97,7 +97,7 @@ def test_selection_invariants(seed, heads, budget, kv_len, vote_pool, spread):
                     assert i < j
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     noise=st.sampled_from([0.0, 0.01, 0.3, 3.0]),
