@@ -169,8 +169,10 @@ def generate_jit(
             k=jax.lax.with_sharding_constraint(cache.k, cache_sharding),
             v=jax.lax.with_sharding_constraint(cache.v, cache_sharding),
         )
+    # The last prompt token is fed by the first decode step, so the prefill's real rows end
+    # before it.
     cache = prefill(
-        params, config, tokens, lengths, cache, n_tokens=n_prefill, chunk=chunk, policy=policy
+        params, config, tokens, lengths - 1, cache, n_tokens=n_prefill, chunk=chunk, policy=policy
     )
     states = _select_states(policy, config, B)
     last = jnp.take_along_axis(tokens, (lengths - 1)[:, None], axis=1)[:, 0]
@@ -275,6 +277,15 @@ def generate(
         raise ValueError("sampling (temperature > 0) needs an explicit key")
     key = jax.random.key(0) if key is None else key
     n_prefill = int(lens.max()) - 1
+    chunk = min(prefill_chunk, max(n_prefill, 1))
+    # Round the prefill up to whole chunks when the cache has room: the extra slots hold padding
+    # that decode overwrites, and one chunk shape means one compiled body instead of two.
+    rounded = -(-n_prefill // chunk) * chunk
+    if rounded > n_prefill and rounded < cache_len:
+        tokens = np.pad(
+            tokens, ((0, 0), (0, max(0, rounded - tokens.shape[1]))), constant_values=pad_id
+        )
+        n_prefill = rounded
     out, hits = generate_jit(
         params,
         jnp.asarray(tokens),
@@ -283,7 +294,7 @@ def generate(
         config=config,
         policy=policy,
         cache_len=cache_len,
-        chunk=min(prefill_chunk, max(n_prefill, 1)),
+        chunk=chunk,
         n_prefill=n_prefill,
         max_new_tokens=int(max_new_tokens),
         temperature=float(temperature),

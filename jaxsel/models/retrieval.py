@@ -383,3 +383,55 @@ def decode_tokens_per_s(
         generate(params, config, prompts, **kw)
         times.append(time.perf_counter() - t0)
     return batch * steps / max(times[1] - times[0], 1e-9)
+
+
+def evaluate_lengths(
+    params: Params,
+    config: DecoderConfig,
+    policy: Any,
+    *,
+    lengths: list[int],
+    n: int,
+    key: jax.Array,
+    train_len: int = 64,
+    n_pairs: int = 4,
+) -> list[dict[str, float]]:
+    """:func:`evaluate` for several prompt lengths in ONE right-padded batch (one compilation).
+
+    Questions for length ``L`` are drawn with ``fold_in(key, L // train_len)``, as in
+    :func:`evaluate`, so the two agree question by question.
+    """
+    import time
+
+    from jaxsel.models.generate import generate
+
+    batches = [
+        eval_batch(jax.random.fold_in(key, L // train_len), length=L, n=n, n_pairs=n_pairs)
+        for L in lengths
+    ]
+    prompts = [p for b in batches for p in b.prompts]
+    t0 = time.perf_counter()
+    out = generate(
+        params,
+        config,
+        prompts,
+        max_new_tokens=ANSWER_LEN,
+        cache_len=max(lengths) + ANSWER_LEN,
+        policy=policy,
+        prefill_chunk=prefill_chunk_for(policy, train_len),
+    )
+    seconds = time.perf_counter() - t0
+    rows = []
+    for i, (L, b) in enumerate(zip(lengths, batches)):
+        ok = score(b, out[i * n : (i + 1) * n])
+        rows.append(
+            {
+                "length": L,
+                "accuracy": float(ok.mean()),
+                "accuracy_ar": float(ok[b.is_ar].mean()),
+                "accuracy_passkey": float(ok[~b.is_ar].mean()),
+                "n": int(n),
+                "seconds": seconds,
+            }
+        )
+    return rows
