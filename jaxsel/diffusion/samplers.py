@@ -286,3 +286,22 @@ def sample(key: Array, params: Any, process: Process) -> Array:
     ns = jnp.arange(process.num_steps, 0, -1)
     x, _ = lax.scan(body, x, (ns, jax.random.split(key, process.num_steps)))
     return x
+
+
+def sample_trajectory(key: Array, params: Any, process: Process) -> Array:
+    """Like :func:`sample` but returns the whole path (T + 1, *event): x_T, x_{T-1}, ..., x_0.
+
+    Row j holds the state at grid index T - j (used to regress value networks on rollouts).
+    """
+    k0, key = jax.random.split(key)
+    x = process.init(k0)
+
+    def body(x, inp):
+        n, k = inp
+        out = process.model(params, x, n)
+        x = process.step(k, x, n, out)
+        return x, x
+
+    ns = jnp.arange(process.num_steps, 0, -1)
+    _, path = lax.scan(body, x, (ns, jax.random.split(key, process.num_steps)))
+    return jnp.concatenate([x[None], path])

@@ -1,0 +1,344 @@
+"""Small learned denoisers, value networks and reward classifiers for the steering toys.
+
+Networks are pure ``init(key) -> params`` / ``apply(params, ...)`` pairs over dicts of arrays; training
+loops follow ``make_train(...) -> train(key)`` with one ``lax.scan`` inside, so seeds can be vmapped.
+
+- :func:`mlp_init` / :func:`mlp_apply`: MLP on [x, sinusoidal(t)] for VP denoisers (x0 or eps) and
+  value networks v(x_t, t);
+- :func:`transformer_init` / :func:`transformer_apply`: a tiny bidirectional transformer over masked
+  token sequences, returning x0 logits (MDLM denoiser, Sahoo et al. 2024);
+- :func:`make_train_vp`: denoising score matching, E ||f(x_t, t) - target||^2, target x0 or eps;
+- :func:`make_train_masked`: MDLM loss, cross-entropy on masked tokens weighted by 1/t;
+- :func:`make_train_value`: SVDD-MC value regression, v(x_t, t) ~ r(x0) on rollouts of the
+  pretrained sampler (Li et al. 2024, Sec. 4);
+- :func:`make_train_classifier`: softmax-regression MLP used as a black-box reward (digits);
+- :func:`save_params` / :func:`load_params`: orbax checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxsel.diffusion.samplers import Process, masked_forward, sample_trajectory, vp_alpha_bar
+
+Array = jax.Array
+Params = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------------------------
+
+
+def time_features(t: Array, dim: int = 16) -> Array:
+    """Sinusoidal features of t in [0, 1]: (dim,)."""
+    freqs = jnp.exp(jnp.linspace(0.0, math.log(100.0), dim // 2))
+    ang = 2 * jnp.pi * jnp.asarray(t, jnp.float32) * freqs
+    return jnp.concatenate([jnp.sin(ang), jnp.cos(ang)])
+
+
+def _dense_init(key: Array, n_in: int, n_out: int, scale: float = 1.0) -> Params:
+    return {
+        "w": jax.random.normal(key, (n_in, n_out)) * scale / math.sqrt(n_in),
+        "b": jnp.zeros((n_out,)),
+    }
+
+
+def mlp_init(
+    key: Array,
+    dim: int,
+    *,
+    hidden: int = 128,
+    depth: int = 3,
+    out_dim: int | None = None,
+    t_dim: int = 16,
+) -> Params:
+    """Params of an MLP mapping [x (dim,), time_features(t)] to out_dim (default dim)."""
+    sizes = [dim + t_dim] + [hidden] * depth + [out_dim or dim]
+    keys = jax.random.split(key, len(sizes) - 1)
+    return {
+        "layers": [
+            _dense_init(k, a, b, 0.1 if i == len(sizes) - 2 else 1.0)
+            for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
+        ]
+    }
+
+
+def mlp_apply(params: Params, x: Array, t: Array) -> Array:
+    """f(x, t) for one x (dim,) and scalar t; SiLU hidden layers, linear output."""
+    t_dim = params["layers"][0]["w"].shape[0] - x.shape[-1]
+    h = jnp.concatenate([x, time_features(t, t_dim)])
+    for layer in params["layers"][:-1]:
+        h = jax.nn.silu(h @ layer["w"] + layer["b"])
+    last = params["layers"][-1]
+    return h @ last["w"] + last["b"]
+
+
+def transformer_init(
+    key: Array, length: int, vocab_size: int, *, width: int = 32, depth: int = 2
+) -> Params:
+    """Tiny transformer over tokens in [0, V] (V = mask id); outputs (L, V) logits."""
+    ks = jax.random.split(key, 3 + depth)
+    blocks = []
+    for kb in ks[3:]:
+        k1, k2, k3, k4 = jax.random.split(kb, 4)
+        blocks.append(
+            {
+                "qkv": _dense_init(k1, width, 3 * width),
+                "proj": _dense_init(k2, width, width, 0.5),
+                "fc1": _dense_init(k3, width, 4 * width),
+                "fc2": _dense_init(k4, 4 * width, width, 0.5),
+                "ln1": jnp.ones((width,)),
+                "ln2": jnp.ones((width,)),
+            }
+        )
+    return {
+        "embed": jax.random.normal(ks[0], (vocab_size + 1, width)) * 0.5,
+        "pos": jax.random.normal(ks[1], (length, width)) * 0.5,
+        "time": _dense_init(ks[2], 16, width, 0.5),
+        "blocks": blocks,
+        "out": _dense_init(jax.random.fold_in(key, 7), width, vocab_size),
+    }
+
+
+def _layer_norm(h: Array, g: Array) -> Array:
+    h = h - h.mean(-1, keepdims=True)
+    return g * h * lax.rsqrt(jnp.mean(h**2, -1, keepdims=True) + 1e-5)
+
+
+def transformer_apply(params: Params, z: Array, t: Array, *, heads: int = 2) -> Array:
+    """x0 logits (L, V) for one masked sequence z (L,) int at time t."""
+    L, width = params["pos"].shape
+    tf = time_features(t, 16) @ params["time"]["w"] + params["time"]["b"]
+    h = params["embed"][z] + params["pos"] + tf
+    for blk in params["blocks"]:
+        a = _layer_norm(h, blk["ln1"])
+        q, k, v = jnp.split(a @ blk["qkv"]["w"] + blk["qkv"]["b"], 3, axis=-1)
+        q, k, v = (u.reshape(L, heads, width // heads) for u in (q, k, v))
+        att = jax.nn.softmax(jnp.einsum("qhd,khd->hqk", q, k) / math.sqrt(width // heads), -1)
+        o = jnp.einsum("hqk,khd->qhd", att, v).reshape(L, width)
+        h = h + o @ blk["proj"]["w"] + blk["proj"]["b"]
+        a = _layer_norm(h, blk["ln2"])
+        h = (
+            h
+            + jax.nn.gelu(a @ blk["fc1"]["w"] + blk["fc1"]["b"]) @ blk["fc2"]["w"]
+            + blk["fc2"]["b"]
+        )
+    return h @ params["out"]["w"] + params["out"]["b"]
+
+
+# --------------------------------------------------------------------------------------------
+# Training loops
+# --------------------------------------------------------------------------------------------
+
+DataFn = Callable[[Array, int], Array]
+
+
+def _fit(loss_fn, init_fn, *, steps: int, lr: float):
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4),
+    )
+
+    def train(key: Array):
+        k0, key = jax.random.split(key)
+        params = init_fn(k0)
+        opt = tx.init(params)
+
+        def body(carry, k):
+            params, opt = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params, k)
+            updates, opt = tx.update(grads, opt, params)
+            return (optax.apply_updates(params, updates), opt), loss
+
+        (params, _), losses = lax.scan(body, (params, opt), jax.random.split(key, steps))
+        return params, losses
+
+    return train
+
+
+def make_train_vp(
+    apply_fn: Callable[[Params, Array, Array], Array],
+    init_fn: Callable[[Array], Params],
+    data_fn: DataFn,
+    *,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    prediction: str = "x0",
+    beta_min: float = 0.1,
+    beta_max: float = 20.0,
+):
+    """Returns train(key) -> (params, losses (steps,)) for a VP denoiser.
+
+    Loss: E_{x0, t~U(1e-3, 1), eps} || f(sqrt(abar) x0 + sqrt(1 - abar) eps, t) - target ||^2.
+    """
+    if prediction not in ("x0", "eps"):
+        raise ValueError(f"prediction must be 'x0' or 'eps', got {prediction=!r}")
+
+    def loss_fn(params, key):
+        kd, kt, kn = jax.random.split(key, 3)
+        x0 = data_fn(kd, batch_size)
+        t = jax.random.uniform(kt, (batch_size,), minval=1e-3, maxval=1.0)
+        ab = vp_alpha_bar(t, beta_min=beta_min, beta_max=beta_max)[:, None]
+        eps = jax.random.normal(kn, x0.shape)
+        xt = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
+        pred = jax.vmap(apply_fn, in_axes=(None, 0, 0))(params, xt, t)
+        return jnp.mean((pred - (x0 if prediction == "x0" else eps)) ** 2)
+
+    return _fit(loss_fn, init_fn, steps=steps, lr=lr)
+
+
+def make_train_masked(
+    apply_fn: Callable[[Params, Array, Array], Array],
+    init_fn: Callable[[Array], Params],
+    data_fn: DataFn,
+    *,
+    vocab_size: int,
+    steps: int = 2000,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+):
+    """Returns train(key) for an MDLM denoiser: E_t [1/t sum_{masked i} -log p_theta(x0_i | z_t)]/L."""
+
+    def loss_fn(params, key):
+        kd, kt, km = jax.random.split(key, 3)
+        x0 = data_fn(kd, batch_size)
+        t = jax.random.uniform(kt, (batch_size,), minval=1e-3, maxval=1.0)
+        z = jax.vmap(lambda k, x, tt: masked_forward(k, x, tt, mask_id=vocab_size))(
+            jax.random.split(km, batch_size), x0, t
+        )
+        logits = jax.vmap(apply_fn, in_axes=(None, 0, 0))(params, z, t)
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), x0[..., None], -1)[..., 0]
+        w = (z == vocab_size) / t[:, None]
+        return jnp.mean(jnp.sum(w * nll, -1)) / x0.shape[-1]
+
+    return _fit(loss_fn, init_fn, steps=steps, lr=lr)
+
+
+def make_train_value(
+    value_apply: Callable[[Params, Array, Array], Array],
+    value_init: Callable[[Array], Params],
+    process: Process,
+    denoiser_params: Any,
+    reward_fn: Callable[[Array], Array],
+    *,
+    num_rollouts: int = 1024,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+):
+    """SVDD-MC: returns train(key) regressing v(x_t, t) on r(x0) along pretrained rollouts.
+
+    The regression target's conditional mean is E[r(x0) | x_t], the value at alpha -> inf; SVDD uses it
+    as its soft value estimate. The value network is called as value_apply(params, x_t, t) with
+    t = n / T.
+    """
+    T = process.num_steps
+
+    def train(key: Array):
+        kr, kf = jax.random.split(key)
+        paths = jax.vmap(lambda k: sample_trajectory(k, denoiser_params, process))(
+            jax.random.split(kr, num_rollouts)
+        )  # (N, T+1, *event); row j at grid index T - j
+        r = jax.vmap(reward_fn)(paths[:, -1])
+
+        def loss_fn(params, k):
+            ki, kj = jax.random.split(k)
+            i = jax.random.randint(ki, (batch_size,), 0, num_rollouts)
+            j = jax.random.randint(kj, (batch_size,), 0, T)  # exclude x0 itself
+            t = (T - j).astype(jnp.float32) / T
+            v = jax.vmap(value_apply, in_axes=(None, 0, 0))(params, paths[i, j], t)
+            if v.shape != (batch_size,):
+                raise ValueError(f"value_apply must return a scalar per sample, got {v.shape[1:]}")
+            return jnp.mean((v - r[i]) ** 2)
+
+        return _fit(loss_fn, value_init, steps=steps, lr=lr)(kf)
+
+    return train
+
+
+def value_fn_from(value_apply: Callable[[Params, Array, Array], Array], num_steps: int):
+    """Adapts value_apply(params, x, t) to the ``value_fn(params, x, n)`` that :func:`svdd` calls."""
+    return lambda params, x, n: value_apply(params, x, jnp.asarray(n, jnp.float32) / num_steps)
+
+
+def make_train_classifier(
+    apply_fn: Callable[[Params, Array, Array], Array],
+    init_fn: Callable[[Array], Params],
+    x: Array,
+    y: Array,
+    *,
+    steps: int = 1000,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    noise: float = 0.1,
+):
+    """Returns train(key) for a softmax classifier f(x, 0) -> logits on (x, y), with input noise."""
+
+    def loss_fn(params, key):
+        ki, kn = jax.random.split(key)
+        i = jax.random.randint(ki, (batch_size,), 0, x.shape[0])
+        xb = x[i] + noise * jax.random.normal(kn, x[i].shape)
+        logits = jax.vmap(apply_fn, in_axes=(None, 0, None))(params, xb, 0.0)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y[i]))
+
+    return _fit(loss_fn, init_fn, steps=steps, lr=lr)
+
+
+# --------------------------------------------------------------------------------------------
+# Data and checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def load_digits_scaled() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn 8x8 digits scaled to [-1, 1]: x (1797, 64) float32, y (1797,) int32."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.data / 8.0 - 1.0).astype(np.float32), d.target.astype(np.int32)
+
+
+def save_params(path: str | Path, params: Any) -> Path:
+    """Writes a pytree of arrays with orbax (overwrites)."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    with ocp.PyTreeCheckpointer() as ckpt:
+        ckpt.save(path, jax.tree.map(np.asarray, params), force=True)
+    return path
+
+
+def load_params(path: str | Path) -> Any:
+    """Reads a pytree saved by :func:`save_params` (as NumPy arrays on the host)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as ckpt:
+        return ckpt.restore(Path(path).absolute())
+
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def load_asset(name: str) -> Any:
+    """Trained weights shipped under ``jaxsel/diffusion/assets/<name>`` (see scripts/train_diffusion_toys.py)."""
+    path = ASSETS / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no trained weights at {path}; run `python scripts/train_diffusion_toys.py` first"
+        )
+    return load_params(path)
+
+
+def scalar_mlp_apply(params: Params, x: Array, t: Array) -> Array:
+    """:func:`mlp_apply` with a 1-unit output squeezed to a scalar (value networks)."""
+    return mlp_apply(params, x, t)[0]

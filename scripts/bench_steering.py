@@ -1,0 +1,471 @@
+"""Reward-vs-compute curves for diffusion steering, measured against exact tilted targets.
+
+Models: (a) GMM with the closed-form denoiser, (b) the same GMM learned by an MLP, (c) 8x8 digits with
+an MLP denoiser and a classifier-probability reward, (d) a Markov chain with the exact masked denoiser
+and (d') a tiny trained transformer. Methods: best-of-N (argmax), best-of-N with softmax(r / alpha)
+selection (importance resampling), SVDD-PM, SVDD-MC (GMM), FK steering (DIFF, adaptive ESS < k/2),
+SMC (DIFF, resample every step). For each budget n (particles / candidates / samples) and seed we
+report denoiser and reward calls per output sample, median and top-10% reward, naturalness (exact log
+p under the base model where known; a held-out density otherwise), diversity, distance to the exact
+tilted target (sliced Wasserstein for the GMM, KL for the chain), samples/s and compile time apart.
+
+    nice -n 10 python scripts/bench_steering.py --models a,b,c,d --seeds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxsel import _bench
+from jaxsel import diffusion as D
+from jaxsel.diffusion import toys, train
+
+OUT = Path("results/diffusion")
+GMM_W = jnp.array([1.0, 0.5])
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def sliced_wasserstein(
+    x: np.ndarray, y: np.ndarray, *, num_proj: int = 128, seed: int = 0
+) -> float:
+    """Sliced 1-Wasserstein between equal-size point clouds (n, d), averaged over projections."""
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(num_proj, x.shape[1]))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    px, py = np.sort(x @ dirs.T, 0), np.sort(y @ dirs.T, 0)
+    return float(np.mean(np.abs(px - py)))
+
+
+def mean_pairwise_distance(x: np.ndarray) -> float:
+    x = x.reshape(len(x), -1).astype(np.float64)
+    d = np.sqrt(np.maximum(((x[:, None] - x[None]) ** 2).sum(-1), 0.0))
+    return float(d.sum() / (len(x) * (len(x) - 1)))
+
+
+def hamming_diversity(x: np.ndarray) -> float:
+    return float((x[:, None] != x[None]).mean(-1).sum() / (len(x) * (len(x) - 1)))
+
+
+# ------------------------------------------------------------------------------------ methods
+
+
+def methods(lam: float, *, value=None):
+    """name -> (budget n -> function(key, params, process, reward) -> SteeringResult)."""
+    alpha = 1.0 / lam
+    m = {
+        "best_of_n": lambda n: partial(D.best_of_n, num_samples=n),
+        "bon_softmax": lambda n: partial(D.best_of_n, num_samples=n, alpha=alpha),
+        "svdd_pm": lambda n: partial(D.svdd, num_candidates=n, alpha=alpha),
+        "fk_diff_ess": lambda n: partial(D.fk_steering, num_particles=n, lam=lam, adaptive=True),
+        "smc": lambda n: partial(D.smc, num_particles=n, lam=lam),
+    }
+    if value is not None:
+        vfn, vparams = value
+        m["svdd_mc"] = lambda n: partial(
+            D.svdd, num_candidates=n, alpha=alpha, value_fn=vfn, value_params=vparams
+        )
+    return m
+
+
+def run_model(
+    name,
+    params,
+    process,
+    reward_fn,
+    *,
+    lam,
+    budgets,
+    seeds,
+    num_runs,
+    metric_fn,
+    method_names=None,
+    value=None,
+):
+    """Runs every method x budget x seed; returns rows and, per method, the n=16 samples of seed 0."""
+    rows, keep = [], {}
+    ms = methods(lam, value=value)
+    if method_names:
+        ms = {k: v for k, v in ms.items() if k in method_names}
+    bar = tqdm(total=len(ms) * len(budgets), desc=name)
+    for mname, make in ms.items():
+        for n in budgets:
+            fn = make(n)
+            run = jax.jit(jax.vmap(lambda k, fn=fn: fn(k, params, process, reward_fn)))
+            keys0 = jax.random.split(jax.random.key(0), num_runs)
+            t0 = time.perf_counter()
+            compiled = run.lower(keys0).compile()
+            compile_s = time.perf_counter() - t0
+            for seed in range(seeds):
+                keys = jax.random.split(jax.random.key(1000 + seed), num_runs)
+                t0 = time.perf_counter()
+                res = jax.block_until_ready(compiled(keys))
+                wall = time.perf_counter() - t0
+                x = np.asarray(res.sample)
+                r = np.asarray(jax.vmap(reward_fn)(res.sample))
+                row = {
+                    "model": name,
+                    "method": mname,
+                    "n": n,
+                    "seed": seed,
+                    "denoiser_calls": float(np.mean(res.denoiser_calls)),
+                    "reward_calls": float(np.mean(res.reward_calls)),
+                    "value_calls": float(np.mean(res.value_calls)),
+                    "reward_median": float(np.median(r)),
+                    "reward_top10": float(np.quantile(r, 0.9)),
+                    "reward_mean": float(np.mean(r)),
+                    "samples_per_s": num_runs / wall,
+                    "compile_s": compile_s,
+                    **metric_fn(x, seed),
+                }
+                rows.append(row)
+                if seed == 0 and n <= 16:  # budgets ascend: keeps the largest n <= 16
+                    keep[mname] = (n, x)
+            bar.update()
+    bar.close()
+    return rows, keep
+
+
+def summarise(rows):
+    """Median over seeds of every numeric column, per (model, method, n)."""
+    out = {}
+    for r in rows:
+        out.setdefault((r["model"], r["method"], r["n"]), []).append(r)
+    summary = []
+    for (model, method, n), rs in out.items():
+        s = {"model": model, "method": method, "n": n, "seeds": len(rs)}
+        for k, v in rs[0].items():
+            if isinstance(v, float):
+                s[k] = float(np.median([x[k] for x in rs]))
+        summary.append(s)
+    return summary
+
+
+# ------------------------------------------------------------------------------------ models
+
+
+def gmm_setup(learned: bool, lam: float, num_steps: int):
+    gmm = toys.default_gmm()
+    sched = D.vp_schedule(num_steps)
+    if learned:
+        params = train.load_asset("gmm_mlp")
+        proc = D.vp_process(train.mlp_apply, sched, (2,))
+    else:
+        params, proc = gmm, D.vp_process(toys.gmm_denoiser, sched, (2,))
+    target = toys.gmm_tilt_linear(gmm, GMM_W, lam)
+
+    def metric_fn(x, seed):
+        ref = np.asarray(toys.gmm_sample(jax.random.key(77 + seed), target, len(x)))
+        lp = np.asarray(jax.vmap(lambda v: toys.gmm_log_prob(gmm, v))(jnp.asarray(x)))
+        return {
+            "sliced_w1_to_target": sliced_wasserstein(x, ref),
+            "naturalness_logp": float(np.mean(lp)),
+            "diversity": mean_pairwise_distance(x),
+        }
+
+    value = None
+    if learned:
+        try:
+            vparams = train.load_asset("gmm_value")
+            vfn = train.value_fn_from(train.scalar_mlp_apply, num_steps)
+            value = (vfn, vparams)
+        except FileNotFoundError:
+            pass
+    return params, proc, toys.linear_reward(GMM_W), metric_fn, target, value
+
+
+def chain_setup(learned: bool, lam: float, num_steps: int, length: int):
+    chain = toys.default_chain()
+    V = chain.init.shape[0]
+    token = 2
+    reward = toys.token_count_reward(token)
+    if learned:
+        params = train.load_asset("chain_transformer")
+        proc = D.masked_process(train.transformer_apply, num_steps, length, V)
+    else:
+        params, proc = chain, D.masked_process(toys.chain_denoiser, num_steps, length, V)
+    seqs, logq = toys.chain_tilted_log_probs(chain, length, reward, lam)
+    q = np.exp(np.asarray(logq))
+    counts = (seqs == token).sum(1)
+    q_count = np.bincount(counts, weights=q, minlength=length + 1)
+
+    def metric_fn(x, seed):
+        idx = np.asarray(toys.sequence_index(jnp.asarray(x), V))
+        emp = np.bincount(idx, minlength=V**length) / len(idx)
+        lp = np.asarray(jax.vmap(lambda s: toys.chain_log_prob(chain, s))(jnp.asarray(x)))
+        c = np.bincount((x == token).sum(1), minlength=length + 1) / len(x)
+        # KL(target || samples) on the reward histogram (smoothed) and TV on whole sequences
+        eps = 1e-3
+        kl = float(
+            np.sum(
+                q_count * (np.log(q_count + 1e-12) - np.log((c + eps) / (1 + eps * (length + 1))))
+            )
+        )
+        return {
+            "kl_count_hist": kl,
+            "tv_sequences": float(0.5 * np.abs(emp - q).sum()),
+            "naturalness_logp": float(np.mean(lp)),
+            "diversity": hamming_diversity(x),
+        }
+
+    return params, proc, reward, metric_fn
+
+
+def digits_setup(num_steps: int, target_class: int):
+    from sklearn.mixture import GaussianMixture
+
+    params = train.load_asset("digits_mlp")
+    clf = train.load_asset("digits_classifier")
+    proc = D.vp_process(train.mlp_apply, D.vp_schedule(num_steps), (64,), clip=1.0)
+
+    def reward(x):  # black box: probability of the target class
+        return jax.nn.softmax(train.mlp_apply(clf, x, 0.0))[target_class]
+
+    x, _ = train.load_digits_scaled()
+    perm = np.random.default_rng(0).permutation(len(x))
+    held = x[perm[int(0.8 * len(x)) :]]
+    dens = GaussianMixture(10, covariance_type="diag", reg_covar=1e-2, random_state=0).fit(held)
+
+    def metric_fn(xs, seed):
+        return {
+            "naturalness_heldout_gmm_ll": float(
+                np.mean(dens.score_samples(xs.reshape(len(xs), -1)))
+            ),
+            "diversity": mean_pairwise_distance(xs),
+        }
+
+    return params, proc, reward, metric_fn
+
+
+# ------------------------------------------------------------------------------------ plots
+
+
+def plot_curves(summary, path: Path, metric: str = "reward_median"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({s["model"] for s in summary})
+    extra = {
+        "a_gmm_exact": "sliced_w1_to_target",
+        "b_gmm_mlp": "sliced_w1_to_target",
+        "d_chain_exact": "kl_count_hist",
+        "d_chain_transformer": "kl_count_hist",
+        "c_digits": "naturalness_heldout_gmm_ll",
+    }
+    fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7), squeeze=False)
+    for j, model in enumerate(models):
+        for method in sorted({s["method"] for s in summary if s["model"] == model}):
+            ss = sorted(
+                (s for s in summary if s["model"] == model and s["method"] == method),
+                key=lambda s: s["denoiser_calls"],
+            )
+            calls = [s["denoiser_calls"] for s in ss]
+            axes[0, j].plot(calls, [s[metric] for s in ss], "o-", label=method)
+            m2 = extra.get(model)
+            if m2 and m2 in ss[0]:
+                axes[1, j].plot(calls, [s[m2] for s in ss], "o-", label=method)
+                axes[1, j].set_ylabel(m2)
+        axes[0, j].set_xscale("log")
+        axes[1, j].set_xscale("log")
+        axes[0, j].set_title(model)
+        axes[0, j].set_ylabel(metric)
+        axes[1, j].set_xlabel("denoiser calls per sample")
+        axes[0, j].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gmm_scatter(keep, target, path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = np.asarray(toys.gmm_sample(jax.random.key(5), target, 512))
+    names = list(keep)
+    fig, axes = plt.subplots(
+        1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.2), squeeze=False
+    )
+    axes = axes[0]
+    axes[0].scatter(ref[:, 0], ref[:, 1], s=3, c="k")
+    axes[0].set_title("exact tilted target")
+    for ax, nm in zip(axes[1:], names):
+        ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.8")
+        n, x = keep[nm]
+        ax.scatter(x[:, 0], x[:, 1], s=3)
+        ax.set_title(f"{nm} (n={n})")
+    for ax in axes:
+        ax.set_xlim(-5, 6)
+        ax.set_ylim(-5, 6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_digits(keep, base, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {"unsteered": base, **{f"{k} n={v[0]}": v[1] for k, v in keep.items()}}
+    fig, axes = plt.subplots(len(rows), 8, figsize=(8, 1.1 * len(rows)))
+    for i, (nm, xs) in enumerate(rows.items()):
+        for j in range(8):
+            axes[i, j].imshow(xs[j].reshape(8, 8), cmap="gray_r", vmin=-1, vmax=1)
+            axes[i, j].axis("off")
+        axes[i, 0].set_title(nm, fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", type=str, default="a,b,c,d")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--budgets", type=str, default="1,2,4,8,16,32")
+    p.add_argument(
+        "--small-budgets",
+        type=str,
+        default="1,4,16,32",
+        help="budgets for the costlier models (b, c, d')",
+    )
+    p.add_argument("--runs", type=int, default=256, help="independent outputs per seed")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument(
+        "--lam", type=float, default=1.0, help="tilt for the GMM (target exp(lam w.x) p)"
+    )
+    p.add_argument("--chain-lam", type=float, default=1.0)
+    p.add_argument("--chain-length", type=int, default=6)
+    p.add_argument("--digit", type=int, default=3)
+    p.add_argument("--digits-lam", type=float, default=10.0)
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--small-methods",
+        type=str,
+        default="best_of_n,svdd_pm,svdd_mc,fk_diff_ess",
+        help="methods run on the costlier models (b, c, d')",
+    )
+    a = p.parse_args()
+    budgets = [int(b) for b in a.budgets.split(",")]
+    small = [int(b) for b in a.small_budgets.split(",")]
+    models = set(a.models.split(","))
+    small_methods = tuple(a.small_methods.split(","))
+    a.out.mkdir(parents=True, exist_ok=True)
+    all_rows = []
+
+    stem = "".join(sorted(models))
+
+    def save(tag):
+        summary = summarise(all_rows)
+        _bench.write_json(
+            a.out / f"bench_steering_{stem}.json",
+            {"config": vars(a) | {"out": str(a.out)}, "summary": summary, "rows": all_rows},
+        )
+        plot_curves(summary, a.out / f"reward_curves_{stem}.png")
+        cols = [
+            "model",
+            "method",
+            "n",
+            "denoiser_calls",
+            "reward_calls",
+            "reward_median",
+            "reward_top10",
+            "sliced_w1_to_target",
+            "kl_count_hist",
+            "naturalness_logp",
+            "naturalness_heldout_gmm_ll",
+            "diversity",
+            "samples_per_s",
+            "compile_s",
+        ]
+        print(
+            _bench.format_table(
+                [s for s in summary if s["model"] == tag],
+                [c for c in cols if any(c in s for s in summary)],
+            ),
+            flush=True,
+        )
+
+    for tag, learned in (("a_gmm_exact", False), ("b_gmm_mlp", True)):
+        if tag[0] not in models:
+            continue
+        params, proc, reward, metric_fn, target, value = gmm_setup(learned, a.lam, a.steps)
+        rows, keep = run_model(
+            tag,
+            params,
+            proc,
+            reward,
+            lam=a.lam,
+            budgets=budgets if not learned else small,
+            seeds=a.seeds,
+            num_runs=a.runs,
+            metric_fn=metric_fn,
+            value=value,
+            method_names=small_methods if learned else None,
+        )
+        all_rows += rows
+        plot_gmm_scatter(keep, target, a.out / f"gmm_scatter_{tag}.png", f"{tag}, lambda={a.lam}")
+        save(tag)
+    if "d" in models:
+        for tag, learned in (("d_chain_exact", False), ("d_chain_transformer", True)):
+            params, proc, reward, metric_fn = chain_setup(
+                learned, a.chain_lam, 2 * a.chain_length, a.chain_length
+            )
+            rows, _ = run_model(
+                tag,
+                params,
+                proc,
+                reward,
+                lam=a.chain_lam,
+                budgets=budgets if not learned else small,
+                seeds=a.seeds,
+                num_runs=4 * a.runs,
+                metric_fn=metric_fn,
+                method_names=small_methods,
+            )
+            all_rows += rows
+            save(tag)
+    if "c" in models:
+        params, proc, reward, metric_fn = digits_setup(a.steps, a.digit)
+        rows, keep = run_model(
+            "c_digits",
+            params,
+            proc,
+            reward,
+            lam=a.digits_lam,
+            budgets=small,
+            seeds=a.seeds,
+            num_runs=max(a.runs // 4, 16),
+            metric_fn=metric_fn,
+            method_names=small_methods,
+        )
+        all_rows += rows
+        base = np.asarray(
+            jax.jit(jax.vmap(lambda k: D.sample(k, params, proc)))(
+                jax.random.split(jax.random.key(3), 16)
+            )
+        )
+        plot_digits(keep, base, a.out / "digits_grid.png")
+        save("c_digits")
+
+
+if __name__ == "__main__":
+    main()

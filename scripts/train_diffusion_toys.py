@@ -1,0 +1,137 @@
+"""Trains the learned models of the steering toys and saves them with orbax.
+
+(b) MLP x0-denoiser on the 2D Gaussian mixture, plus an SVDD-MC value network on its rollouts;
+(c) MLP x0-denoiser on scikit-learn 8x8 digits, plus a classifier used as a black-box reward;
+(d) tiny transformer MDLM denoiser on the Markov chain.
+
+    nice -n 10 python scripts/train_diffusion_toys.py --out jaxsel/diffusion/assets
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsel.diffusion import samplers, toys, train
+
+GMM_W = jnp.array([1.0, 0.5])
+CHAIN_LENGTH = 6
+NUM_STEPS = 50
+
+
+def _report(name: str, losses, t0: float) -> None:
+    losses = np.asarray(losses)
+    k = max(len(losses) // 10, 1)
+    print(
+        f"{name:18s} loss first {losses[:k].mean():.4f} last {losses[-k:].mean():.4f} "
+        f"({time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=train.ASSETS)
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps per model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", type=str, default="gmm,value,digits,classifier,chain")
+    a = p.parse_args()
+    which = set(a.only.split(","))
+    key = jax.random.key(a.seed)
+    a.out.mkdir(parents=True, exist_ok=True)
+    gmm = toys.default_gmm()
+
+    if "gmm" in which:
+        t0 = time.perf_counter()
+        fit = train.make_train_vp(
+            train.mlp_apply,
+            partial(train.mlp_init, dim=2, hidden=128, depth=3),
+            lambda k, n: toys.gmm_sample(k, gmm, n),
+            steps=a.steps,
+            batch_size=512,
+        )
+        params, losses = jax.jit(fit)(jax.random.fold_in(key, 1))
+        _report("gmm_mlp", losses, t0)
+        train.save_params(a.out / "gmm_mlp", params)
+
+    if "value" in which:
+        t0 = time.perf_counter()
+        den = train.load_params(a.out / "gmm_mlp")
+        proc = samplers.vp_process(train.mlp_apply, samplers.vp_schedule(NUM_STEPS), (2,))
+        fit = train.make_train_value(
+            train.scalar_mlp_apply,
+            partial(train.mlp_init, dim=2, hidden=64, depth=2, out_dim=1),
+            proc,
+            den,
+            toys.linear_reward(GMM_W),
+            num_rollouts=2048,
+            steps=a.steps,
+        )
+        squeeze = lambda *args: fit(*args)
+        params, losses = jax.jit(squeeze)(jax.random.fold_in(key, 2))
+        _report("gmm_value", losses, t0)
+        train.save_params(a.out / "gmm_value", params)
+
+    if "digits" in which or "classifier" in which:
+        x, y = train.load_digits_scaled()
+        rng = np.random.default_rng(0)
+        perm = rng.permutation(len(x))
+        tr = perm[: int(0.8 * len(x))]
+        xtr, ytr = jnp.asarray(x[tr]), jnp.asarray(y[tr])
+    if "digits" in which:
+        t0 = time.perf_counter()
+        fit = train.make_train_vp(
+            train.mlp_apply,
+            partial(train.mlp_init, dim=64, hidden=384, depth=3, t_dim=32),
+            lambda k, n: xtr[jax.random.randint(k, (n,), 0, xtr.shape[0])],
+            steps=2 * a.steps,
+            batch_size=256,
+            lr=1e-3,
+        )
+        params, losses = jax.jit(fit)(jax.random.fold_in(key, 3))
+        _report("digits_mlp", losses, t0)
+        train.save_params(a.out / "digits_mlp", params)
+    if "classifier" in which:
+        t0 = time.perf_counter()
+        fit = train.make_train_classifier(
+            train.mlp_apply,
+            partial(train.mlp_init, dim=64, hidden=128, depth=2, out_dim=10, t_dim=2),
+            xtr,
+            ytr,
+            steps=a.steps // 2,
+            noise=0.2,
+        )
+        params, losses = jax.jit(fit)(jax.random.fold_in(key, 4))
+        te = perm[int(0.8 * len(x)) :]
+        logits = jax.vmap(lambda v: train.mlp_apply(params, v, 0.0))(jnp.asarray(x[te]))
+        acc = float(jnp.mean(jnp.argmax(logits, -1) == y[te]))
+        _report(f"classifier acc={acc:.3f}", losses, t0)
+        train.save_params(a.out / "digits_classifier", params)
+
+    if "chain" in which:
+        t0 = time.perf_counter()
+        chain = toys.default_chain()
+        V = chain.init.shape[0]
+        fit = train.make_train_masked(
+            train.transformer_apply,
+            partial(train.transformer_init, length=CHAIN_LENGTH, vocab_size=V, width=32, depth=2),
+            lambda k, n: jax.vmap(lambda kk: toys.chain_sample(kk, chain, CHAIN_LENGTH))(
+                jax.random.split(k, n)
+            ),
+            vocab_size=V,
+            steps=a.steps,
+            batch_size=128,
+        )
+        params, losses = jax.jit(fit)(jax.random.fold_in(key, 5))
+        _report("chain_transformer", losses, t0)
+        train.save_params(a.out / "chain_transformer", params)
+
+
+if __name__ == "__main__":
+    main()
