@@ -49,7 +49,7 @@ def test_xla_backends(implementation):
     rng = np.random.default_rng(1)
     x = tie_rows(rng, 2, 333)
     x[1] = rng.standard_normal(333)
-    for k in (1, 50, 333):
+    for k in (50, 333):
         v, i = jax.jit(lambda a, k=k: topk(a, k, implementation=implementation))(jnp.asarray(x))
         nv, ni = numpy_topk(x, k)
         np.testing.assert_array_equal(np.asarray(i), ni)
