@@ -28,6 +28,12 @@ from jaxsel.attention import (
 
 N, HQ, HKV, D = 64, 8, 2, 16
 BUDGET = dict(top_k=6, n_sink=2, n_local=4)
+_select = jax.jit(lambda q, k, n_: select_tokens(q, k, n_, **BUDGET))
+
+
+def sel(q, k, kv_len):
+    """select_tokens with this module's budget, compiled once (kv_len traced)."""
+    return _select(jnp.asarray(q), jnp.asarray(k), jnp.int32(kv_len))
 
 
 def make(seed, n=N):
@@ -48,7 +54,7 @@ def test_selection_cache_hit_and_miss_logic():
     state = SelectionCacheState.init(q, **BUDGET)
     # first call: miss (nothing stored), exactly select_tokens
     idx, valid, state, hit = step(state, q, jnp.int32(40), 0.9)
-    want = select_tokens(q, k, 40, **BUDGET)
+    want = sel(q, k, 40)
     assert not bool(hit)
     np.testing.assert_array_equal(idx, want[0])
     np.testing.assert_array_equal(valid, want[1])
@@ -68,7 +74,7 @@ def test_selection_cache_hit_and_miss_logic():
     q3 = make(9)[0]
     idx3, valid3, state3, hit3 = step(state2, q3, jnp.int32(43), 0.9)
     assert not bool(hit3)
-    want3 = select_tokens(q3, k, 43, **BUDGET)
+    want3 = sel(q3, k, 43)
     np.testing.assert_array_equal(idx3, want3[0])
     np.testing.assert_array_equal(valid3, want3[1])
     np.testing.assert_allclose(state3.query, q3)
@@ -77,7 +83,7 @@ def test_selection_cache_hit_and_miss_logic():
     assert not bool(step(state, q, jnp.int32(39), 0.9)[3])
     idx_d, _valid_d, state_d, hit_d = step(state, q, jnp.int32(10), 0.9)
     assert not bool(hit_d) and not bool(state_d.reusable)
-    np.testing.assert_array_equal(idx_d, select_tokens(q, k, 10, **BUDGET)[0])
+    np.testing.assert_array_equal(idx_d, sel(q, k, 10)[0])
     # a dense state is never reused
     assert not bool(step(state_d, q, jnp.int32(41), 0.9)[3])
     assert float(state2.hit_rate) == 0.5
@@ -101,7 +107,7 @@ def test_selection_cache_scan_and_vmap():
     idx, hits = jax.jit(jax.vmap(run))(jnp.array([2.0, 0.0]))
     assert not np.asarray(hits[0]).any()  # threshold 2: every step is select_tokens
     for t in range(6):
-        np.testing.assert_array_equal(idx[0, t], select_tokens(qs[t], k, int(lens[t]), **BUDGET)[0])
+        np.testing.assert_array_equal(idx[0, t], sel(qs[t], k, int(lens[t]))[0])
     assert np.asarray(hits[1])[1:].all() and not bool(hits[1, 0])
 
 
@@ -133,11 +139,11 @@ def test_prefill_select_uses_chunk_mean_and_dense_equals_causal():
     c, past = 5, 30
     qc = rng.normal(size=(c, HQ, D)).astype(np.float32)
     idx, valid = jax.jit(lambda qc, k, n: prefill_select(qc, k, n, **BUDGET))(qc, k, past)
-    want = select_tokens(qc.mean(0), k, past, **BUDGET)
+    want = sel(qc.mean(0), k, past)
     np.testing.assert_array_equal(idx, want[0])
     # chunk_len: only the real rows count in the mean
     idx3, _ = prefill_select(qc, k, past, chunk_len=3, **BUDGET)
-    np.testing.assert_array_equal(idx3, select_tokens(qc[:3].mean(0), k, past, **BUDGET)[0])
+    np.testing.assert_array_equal(idx3, sel(qc[:3].mean(0), k, past)[0])
     # chunk written at past..past+c-1; selected past + causal chunk
     pa = jax.jit(prefill_attention)
     out = pa(qc, k[past : past + c], v[past : past + c], k, v, idx, valid)
@@ -158,7 +164,7 @@ def test_chunk_attention_padding_rows_and_decode_equivalence():
     q, k, v = make(5)
     rng = np.random.default_rng(5)
     qc = rng.normal(size=(4, HQ, D)).astype(np.float32)
-    idx, valid = select_tokens(q, k, 50, **BUDGET)
+    idx, valid = sel(q, k, 50)
     ca = jax.jit(chunk_attention)
     full = ca(qc, k[50:54], v[50:54], k[idx], v[idx], valid)
     part = jax.jit(lambda *a: chunk_attention(*a, chunk_len=2))(
@@ -167,16 +173,16 @@ def test_chunk_attention_padding_rows_and_decode_equivalence():
     np.testing.assert_allclose(np.asarray(part[:2]), np.asarray(full[:2]), atol=1e-6)
     # a one-token chunk is a decode step over selected + itself
     one = ca(qc[:1], k[50:51], v[50:51], k[idx], v[idx], valid)
-    sel = np.concatenate([np.asarray(idx), [50]]).astype(np.int32)
-    dec = jax.jit(sparse_attention)(qc[0], k, v, sel, np.ones(sel.shape, bool))
+    ext = np.concatenate([np.asarray(idx), [50]]).astype(np.int32)
+    dec = jax.jit(sparse_attention)(qc[0], k, v, ext, np.ones(ext.shape, bool))
     np.testing.assert_allclose(np.asarray(one[0]), np.asarray(dec), atol=1e-5)
 
 
 def test_rope_prefill_matches_rope_decode():
     q, k, v = make(6)
-    idx, valid = select_tokens(q, k, 50, **BUDGET)
+    idx, valid = sel(q, k, 50)
     # a decode step is a one-token chunk after kv_len - 1 past tokens whose selection excludes it
-    sel = jnp.concatenate([idx, jnp.array([50], jnp.int32)])
+    ext = jnp.concatenate([idx, jnp.array([50], jnp.int32)])
     for mode in ("original", "compact"):
         one = jax.jit(
             lambda q, k, v, i, m, mode=mode: rope_prefill_attention(
@@ -187,7 +193,7 @@ def test_rope_prefill_matches_rope_decode():
             lambda q, k, v, i, mode=mode: rope_sparse_attention(
                 q, k, v, i, jnp.ones(i.shape, bool), 51, position_mode=mode
             )
-        )(q, k, v, sel)
+        )(q, k, v, ext)
         np.testing.assert_allclose(np.asarray(one[0]), np.asarray(dec), atol=1e-5, rtol=1e-5)
 
 

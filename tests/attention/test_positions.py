@@ -10,7 +10,6 @@ import pytest
 
 from jaxsel.attention import (
     apply_rope,
-    dense_attention,
     gathered_positions,
     rope_frequencies,
     rope_sparse_attention,
@@ -98,9 +97,8 @@ def test_rope_matches_hugging_face(torch):
 
 
 def rotated_dense(q, k, v, kv_len, positions, q_pos):
-    kr = np.asarray(apply_rope(k, np.asarray(positions)))
-    qr = np.asarray(apply_rope(q, q_pos))
-    return np.asarray(dense_attention(qr, kr, v, kv_len))
+    kr = np.stack([ref.rope(k[j], p) for j, p in enumerate(positions)])
+    return ref.attention(ref.rope(q, q_pos), kr, v, list(range(kv_len)))
 
 
 def make(seed, n=64, hq=8, hkv=2, d=16):
@@ -116,11 +114,9 @@ def test_original_mode_equals_standard_rope_attention_when_dense():
     q, k, v = make(2)
     kv_len = 20
     idx, valid = select_tokens(q, k, kv_len, top_k=8, n_sink=4, n_local=12)
+    want = rotated_dense(q, k, v, kv_len, np.arange(64), kv_len - 1)
     for mode in ("original", "compact"):  # dense: compact positions are the original ones
-        got = jax.jit(lambda *a, m=mode: rope_sparse_attention(*a, position_mode=m))(
-            q, k, v, idx, valid, kv_len
-        )
-        want = rotated_dense(q, k, v, kv_len, np.arange(64), kv_len - 1)
+        got = rope_sparse_attention(q, k, v, idx, valid, kv_len, position_mode=mode)
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
 
 

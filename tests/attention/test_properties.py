@@ -24,7 +24,8 @@ from jaxsel.attention import (
 
 N, D = 32, 8
 HEADS = [(4, 1), (4, 4)]
-BUDGETS = [(0, 0, 4), (5, 2, 3), (8, 0, 0), (12, 2, 4)]  # top_k, n_sink, n_local
+# (top_k, n_sink, n_local, vote_pool)
+BUDGETS = [(0, 0, 4, 1), (5, 2, 3, 1), (8, 0, 0, 1), (12, 2, 4, 1), (5, 2, 3, 3), (12, 2, 4, 2)]
 
 
 @functools.cache
@@ -47,18 +48,17 @@ _votes = jax.jit(
 )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     heads=st.sampled_from(HEADS),
     budget=st.sampled_from(BUDGETS),
     kv_len=st.integers(0, N),
-    vote_pool=st.sampled_from([1, 3]),
     spread=st.sampled_from([0.1, 1.0, 10.0]),
 )
-def test_selection_invariants(seed, heads, budget, kv_len, vote_pool, spread):
+def test_selection_invariants(seed, heads, budget, kv_len, spread):
     hq, hkv = heads
-    top_k, n_sink, n_local = budget
+    top_k, n_sink, n_local, vote_pool = budget
     rng = np.random.default_rng(seed)
     q = (rng.normal(size=(hq, D)) * spread).astype(np.float32)
     k = rng.normal(size=(N, hkv, D)).astype(np.float32)
@@ -97,7 +97,7 @@ def test_selection_invariants(seed, heads, budget, kv_len, vote_pool, spread):
                     assert i < j
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     noise=st.sampled_from([0.0, 0.01, 0.3, 3.0]),
@@ -118,12 +118,15 @@ def test_cache_hit_iff_similar_and_miss_is_select_tokens(seed, noise, threshold,
     if abs(cos - threshold) > 1e-5:
         assert bool(hit) == (cos > threshold)
     if not bool(hit):
-        want = select_tokens(q2, k, 24 + grow, **bud)
+        want = _select_523(q2, k, jnp.int32(24 + grow))
         np.testing.assert_array_equal(idx, want[0])
         np.testing.assert_array_equal(valid, want[1])
     else:
         i = np.asarray(idx)
         assert np.all(np.diff(i) > 0) and i[-3:].tolist() == list(range(21 + grow, 24 + grow))
+
+
+_select_523 = jax.jit(lambda q, k, n_: select_tokens(q, k, n_, top_k=5, n_sink=2, n_local=3))
 
 
 @functools.cache

@@ -117,6 +117,8 @@ def test_select_tokens_matches_numpy(case, mapping):
         assert set(range(kv_len - n_local, kv_len)) <= set(idx[valid].tolist())
     else:
         assert idx[valid].tolist() == list(range(kv_len))
+    if case not in (CASES[0], CASES[6]) or mapping != "group":
+        return
     # a static kv_len (decided in Python, no lax.cond) gives the same answer as a traced one
     idx2, valid2 = jax.jit(
         lambda q, k: select_tokens(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -25,17 +24,14 @@ def step(q, k, v, kv_len, axis_name=None):
     return idx, valid, sparse_attention(q, k, v, idx, valid)
 
 
-@pytest.mark.parametrize("kv_len", [200, 30])
-def test_head_sharded_selection_equals_single_device(cpu_devices, kv_len):
+def test_head_sharded_selection_equals_single_device(cpu_devices):
     mesh = Mesh(np.array(cpu_devices[:4]), ("heads",))
     rng = np.random.default_rng(0)
     hq, hkv, n, d = 16, 4, 256, 16
     q = rng.normal(size=(hq, d)).astype(np.float32)
     k = rng.normal(size=(n, hkv, d)).astype(np.float32)
     v = rng.normal(size=(n, hkv, d)).astype(np.float32)
-    kv = jnp.int32(kv_len)
-    want = jax.jit(step)(q, k, v, kv)
-
+    single = jax.jit(step)
     sharded = jax.jit(
         jax.shard_map(
             lambda q, k, v, n_: step(q, k, v, n_, axis_name="heads"),
@@ -48,22 +44,27 @@ def test_head_sharded_selection_equals_single_device(cpu_devices, kv_len):
     ks = jax.device_put(k, NamedSharding(mesh, P(None, "heads", None)))
     vs = jax.device_put(v, NamedSharding(mesh, P(None, "heads", None)))
     assert len(ks.sharding.device_set) == 4
-    got = sharded(qs, ks, vs, kv)
+    for kv_len in (200, 30):  # sparse, then dense (same compiled functions: kv_len is traced)
+        kv = jnp.int32(kv_len)
+        _check(sharded(qs, ks, vs, kv), single(q, k, v, kv))
+    # the collective matters: each shard's own heads would vote differently
+    kv = jnp.int32(200)
+    cand = middle_candidates(n, kv, n_sink=4, n_local=8)
+    local = jax.jit(
+        jax.shard_map(
+            lambda q, k: soft_vote(token_scores(q, k, kv), cand)[None],
+            mesh=mesh,
+            in_specs=(P("heads", None), P(None, "heads", None)),
+            out_specs=P("heads"),
+        )
+    )(qs, ks)
+    total = soft_vote(token_scores(q, k, kv), cand)
+    np.testing.assert_allclose(np.asarray(local).sum(0), np.asarray(total), rtol=1e-5)
+    assert not np.allclose(np.asarray(local[0]) * 4, np.asarray(total), rtol=1e-2)
+
+
+def _check(got, want):
     np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
     np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
     np.testing.assert_allclose(np.asarray(got[2]), np.asarray(want[2]), atol=1e-6, rtol=1e-6)
     assert got[2].sharding.spec == P("heads", None)
-    if kv_len > 36:
-        # the collective matters: each shard's own heads would vote differently
-        cand = middle_candidates(n, kv, n_sink=4, n_local=8)
-        local = jax.jit(
-            jax.shard_map(
-                lambda q, k: soft_vote(token_scores(q, k, kv), cand)[None],
-                mesh=mesh,
-                in_specs=(P("heads", None), P(None, "heads", None)),
-                out_specs=P("heads"),
-            )
-        )(qs, ks)
-        total = soft_vote(token_scores(q, k, kv), cand)
-        np.testing.assert_allclose(np.asarray(local).sum(0), np.asarray(total), rtol=1e-5)
-        assert not np.allclose(np.asarray(local[0]) * 4, np.asarray(total), rtol=1e-2)
