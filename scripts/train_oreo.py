@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ def orbax_checkpointer(root: Path | None):
         if path.exists():
             return jax.tree.map(jnp.asarray, ckptr.restore(path))
         tree = make()
+        # a run killed mid-save leaves a temporary folder that would block this save
+        shutil.rmtree(path.with_name(path.name + ".orbax-checkpoint-tmp"), ignore_errors=True)
         ckptr.save(path, tree)
         return tree
 

@@ -2,8 +2,9 @@
 
 Beam search follows OREO (arXiv 2412.16145, Sec. 4.3): keep ``B`` partial solutions; extend
 each by ``B`` sampled reasoning steps (a step ends with ``;`` or ``<eos>``); score each of the
-``B * B`` candidates by the learned value ``V(s)`` of the state after the step; keep the top
-``B``. At the end return the finished candidate of highest value.
+``B * B`` candidates by the learned value ``V(s)`` of the state after the step (for the final
+step, the state before ``<eos>``); keep the top ``B``. At the end return the finished candidate of
+highest value.
 
 The model is passed as functions so this module does not depend on a particular decoder:
 
@@ -161,7 +162,10 @@ def step_beam_search(
     )
 
     def value_at(b: _Beam) -> Array:
-        return value_fn(b.buf)[b.pos]
+        # A candidate that just wrote <eos> is scored at the state before <eos>: OREO trains V
+        # only on states that precede an action, so the terminal state itself has no value.
+        at = jnp.where(b.buf[b.pos] == EOS, b.pos - 1, b.pos)
+        return value_fn(b.buf)[at]
 
     def round_(carry, k):
         beams, valid = carry
