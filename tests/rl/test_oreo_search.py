@@ -96,7 +96,9 @@ def _toy_step(count, token, pos):
 
 
 def _toy_value(tokens):
-    return jnp.cumsum(tokens == D1).astype(jnp.float32)
+    # garbage at <eos>: OREO never trains V on the terminal state, so search must not read it
+    v = jnp.cumsum(tokens == D1).astype(jnp.float32)
+    return jnp.where(tokens == T.EOS, -100.0 * v, v)
 
 
 @pytest.mark.parametrize("beam", [1, 4])
