@@ -142,7 +142,7 @@ def test_prefill_select_uses_chunk_mean_and_dense_equals_causal():
     want = sel(qc.mean(0), k, past)
     np.testing.assert_array_equal(idx, want[0])
     # chunk_len: only the real rows count in the mean
-    idx3, _ = prefill_select(qc, k, past, chunk_len=3, **BUDGET)
+    idx3, _ = jax.jit(lambda qc, k: prefill_select(qc, k, past, chunk_len=3, **BUDGET))(qc, k)
     np.testing.assert_array_equal(idx3, sel(qc[:3].mean(0), k, past)[0])
     # chunk written at past..past+c-1; selected past + causal chunk
     pa = jax.jit(prefill_attention)

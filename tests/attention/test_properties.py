@@ -48,7 +48,7 @@ _votes = jax.jit(
 )
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     heads=st.sampled_from(HEADS),

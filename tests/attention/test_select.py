@@ -151,12 +151,15 @@ def test_ties_go_to_lower_index():
     n, hq, hkv, d = 40, 4, 2, 8
     q = np.ones((hq, d), np.float32)
     k = np.ones((n, hkv, d), np.float32)  # every vote equal
-    idx, _valid = select_tokens(q, k, 36, top_k=5, n_sink=2, n_local=3)
+    sel = jax.jit(
+        lambda q, k, t: select_tokens(q, k, 36, top_k=t, n_sink=2, n_local=3), static_argnums=2
+    )
+    idx, _valid = sel(q, k, 5)
     assert np.asarray(idx).tolist() == [0, 1, 2, 3, 4, 5, 6, 33, 34, 35]
     # a planted pair of equal winners: both taken, then the lowest-index filler
     k[20] *= 2.0
     k[11] *= 2.0
-    idx, _ = select_tokens(q, k, 36, top_k=3, n_sink=2, n_local=3)
+    idx, _ = sel(q, k, 3)
     assert np.asarray(idx).tolist() == [0, 1, 2, 11, 20, 33, 34, 35]
 
 
