@@ -44,6 +44,8 @@ class Config:
     probe_batch: int = 64
     backprop_epochs: int = 0
     limit_train: int = 0
+    probe_train: int = 0  # 0: probe on all (limited) training images
+    limit_test: int = 0
     seed: int = 0
     feature_dtype: str = "float16"
     out: str = "results/hebb/digits"
@@ -126,6 +128,8 @@ def main() -> None:
     x_tr, y_tr, x_te, y_te = ds
     if cfg.limit_train:
         x_tr, y_tr = x_tr[: cfg.limit_train], y_tr[: cfg.limit_train]
+    if cfg.limit_test:
+        x_te, y_te = x_te[: cfg.limit_test], y_te[: cfg.limit_test]
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     net = make_net_config(cfg, tuple(x_tr.shape[1:]), n_classes)
     print(f"data {cfg.data}: train {x_tr.shape}, test {x_te.shape}; features {net.feature_shape()}")
@@ -210,6 +214,9 @@ def main() -> None:
 
     # ---------------------------------------------------------------- probes and controls
     pcfg = train.ProbeConfig(epochs=cfg.probe_epochs, batch_size=cfg.probe_batch)
+    x_unsup = x_tr
+    if cfg.probe_train:
+        x_tr, y_tr = x_tr[: cfg.probe_train], y_tr[: cfg.probe_train]
     dt = np.dtype(cfg.feature_dtype)
     rows = []
     t0 = time.perf_counter()
@@ -221,7 +228,7 @@ def main() -> None:
     del f_tr, f_te
 
     rnd = nets.init_net(k_init, net)
-    calib = train.batch_indices(k_data, x_tr.shape[0], min(100, x_tr.shape[0]), 0)[:100]
+    calib = train.batch_indices(k_data, x_unsup.shape[0], min(100, x_unsup.shape[0]), 0)[:100]
     rnd = jax.jit(lambda s, b: train.calibrate_batch_norm(s, images, b, net))(rnd, calib)
     t0 = time.perf_counter()
     f_tr = train.extract_features(rnd, x_tr, net, dtype=dt, progress=True)

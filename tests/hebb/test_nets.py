@@ -97,23 +97,30 @@ def test_make_unsupervised_train_chunks_and_vmap_over_seeds():
     for a, b in zip(state.weights, s.weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(wins[0], w[0])
-    # seeds vmap: each row equals its own run
+    assert all(bool(jnp.all(jnp.isfinite(w))) for w in state.weights)
+
+
+@pytest.mark.slow
+def test_unsupervised_train_vmaps_over_seeds():
+    cfg = tiny_net()
+    images = jax.random.uniform(jax.random.key(2), (20, 8, 8, 1))
+    fn = train.make_unsupervised_train(cfg, batch_size=4, epochs=1)
     keys = jax.random.split(jax.random.key(4), 2)
     many, _ = jax.jit(jax.vmap(fn, in_axes=(0, None)))(keys, images)
     one, _ = jax.jit(fn)(keys[1], images)
     np.testing.assert_allclose(many.weights[1][1], one.weights[1], rtol=1e-4, atol=1e-5)
-    assert all(bool(jnp.all(jnp.isfinite(w))) for w in state.weights)
 
 
 def test_features_use_running_statistics_and_are_finite_for_extreme_images():
     cfg = tiny_net()
     state = nets.init_net(jax.random.key(5), cfg)
     x = 1e6 * jax.random.normal(jax.random.key(6), (3, 8, 8, 1))
-    f = nets.features(state, x, cfg)
+    feats = jax.jit(lambda s, x: nets.features(s, x, cfg))
+    f = feats(state, x)
     assert f.shape == (3, 2, 2, 6) and bool(jnp.all(jnp.isfinite(f)))
-    f1 = nets.features(state, x[:1], cfg)  # eval mode: an example does not depend on its batch
+    f1 = feats(state, x[:1])  # eval mode: an example does not depend on its batch
     np.testing.assert_allclose(f1[0], f[0], rtol=1e-5)
-    new, _ = nets.hebbian_step(state, x, cfg)
+    new, _ = jax.jit(lambda s, x: nets.hebbian_step(s, x, cfg))(state, x)
     assert all(bool(jnp.all(jnp.isfinite(w))) for w in new.weights)
 
 

@@ -189,7 +189,9 @@ def test_extreme_inputs_stay_finite(scale, dtype):
     x = jnp.asarray(scale * rng.normal(size=(4, 6, 6, 2)), dtype)
     w = jnp.asarray(rng.normal(size=(3, 3, 2, 5)), dtype)
     for rule in ("softkrotov", "soft"):
-        new = rules.conv_step(x, w, rule=rule, t_invert=10.0, lr=0.1)
+        new = jax.jit(
+            lambda x, w, rule=rule: rules.conv_step(x, w, rule=rule, t_invert=10.0, lr=0.1)
+        )(x, w)
         assert new.dtype == dtype
         assert bool(jnp.all(jnp.isfinite(new.astype(jnp.float32))))
     zero = rules.dense_step(jnp.zeros((3, 4)), jnp.zeros((4, 2)), t_invert=1.0, lr=0.1)
