@@ -90,6 +90,7 @@ def run_model(
     metric_fn,
     method_names=None,
     value=None,
+    skip_n1=False,
 ):
     """Runs every method x budget x seed; returns rows and, per method, the n=16 samples of seed 0."""
     rows, keep = [], {}
@@ -99,6 +100,9 @@ def run_model(
     bar = tqdm(total=len(ms) * len(budgets), desc=name)
     for mname, make in ms.items():
         for n in budgets:
+            if n == 1 and skip_n1 and mname != "best_of_n":
+                bar.update()  # one particle/candidate is the unsteered sampler: measured once
+                continue
             fn = make(n)
             run = jax.jit(jax.vmap(lambda k, fn=fn: fn(k, params, process, reward_fn)))
             keys0 = jax.random.split(jax.random.key(0), num_runs)
@@ -420,6 +424,7 @@ def main() -> None:
             metric_fn=metric_fn,
             value=value,
             method_names=small_methods if learned else None,
+            skip_n1=a.skip_n1,
         )
         all_rows += rows
         plot_gmm_scatter(keep, target, a.out / f"gmm_scatter_{tag}.png", f"{tag}, lambda={a.lam}")
@@ -440,6 +445,7 @@ def main() -> None:
                 num_runs=4 * a.runs,
                 metric_fn=metric_fn,
                 method_names=small_methods,
+                skip_n1=a.skip_n1,
             )
             all_rows += rows
             save(tag)
@@ -456,6 +462,7 @@ def main() -> None:
             num_runs=max(a.runs // 4, 16),
             metric_fn=metric_fn,
             method_names=small_methods,
+            skip_n1=a.skip_n1,
         )
         all_rows += rows
         base = np.asarray(

@@ -247,3 +247,17 @@ def test_bad_inputs_raise_clear_errors(gmm_setup):
     bad_den = D.vp_process(lambda p, x, t: jnp.zeros(3), D.vp_schedule(T), (2,))
     with pytest.raises(ValueError, match="denoise_fn returned shape"):
         D.fk_steering(key, g, bad_den, REWARD, num_particles=2)
+
+
+@pytest.mark.slow
+def test_fk_converges_to_exact_tilted_gmm():
+    """Many particles: FK's weighted population matches the closed-form tilted mixture's mean."""
+    g = toys.default_gmm()
+    proc = D.vp_process(toys.gmm_denoiser, D.vp_schedule(30), (2,))
+    lam = 1.0
+    target_mean, _ = toys.gmm_moments(toys.gmm_tilt_linear(g, W, lam))
+    run = jax.jit(jax.vmap(lambda k: D.fk_steering(k, g, proc, REWARD, num_particles=128, lam=lam)))
+    res = run(jax.random.split(jax.random.key(0), 32))
+    w = np.exp(np.asarray(res.log_weights))
+    mean = np.einsum("rk,rkd->d", w, np.asarray(res.population)) / w.sum()
+    np.testing.assert_allclose(mean, target_mean, atol=0.2)
