@@ -273,20 +273,46 @@ def _block_masks(geom: _Geometry) -> list[np.ndarray | None]:
     return masks
 
 
+def _slice_offsets(geom: _Geometry) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Cell offsets j = q s + r of the window as (phase r, shift q) pairs, grouped by phase."""
+    out = []
+    for r in itertools.product(*(range(min(k, s)) for k, s in zip(geom.window, geom.strides))):
+        shifts = [range(-(-(k - rd) // s)) for rd, k, s in zip(r, geom.window, geom.strides)]
+        out += [(r, q) for q in itertools.product(*shifts)]
+    return out
+
+
 def _slice_views(xf: jax.Array, geom: _Geometry) -> list[jax.Array]:
-    """One strided slice per cell offset of the window, each (*batch, o_1, 1, ..., o_n, 1, C)."""
+    """One strided slice per cell offset of the window, each (*batch, o_1, 1, ..., o_n, 1, C).
+
+    Offset j = q s + r is read as the phase-r subgrid ``xp[r::s]`` shifted by q. The result is the
+    same strided slice, but the transpose (the backward pass) then adds the shifted cotangents on
+    each small subgrid and interleaves only ``prod(min(s, k))`` phases back, instead of scattering
+    every one of the ``prod(k)`` offsets into the full input (slower to run and to compile).
+    """
     b = geom.n_batch
     lengths = [(o - 1) * s + k for o, k, s in zip(geom.out, geom.window, geom.strides)]
     xp = _pad(xf, geom, lengths)
     cells = tuple(b + 2 * d + 1 for d in range(len(geom.window)))
-    views = []
-    for offset in itertools.product(*(range(k) for k in geom.window)):
-        limit = [j + (o - 1) * s + 1 for j, o, s in zip(offset, geom.out, geom.strides)]
+    views, phases = [], {}
+    for r, q in _slice_offsets(geom):
+        if r not in phases:
+            sub = [
+                -(-(k - rd) // s) + o - 1
+                for rd, k, s, o in zip(r, geom.window, geom.strides, geom.out)
+            ]
+            limit = [rd + (n - 1) * s + 1 for rd, n, s in zip(r, sub, geom.strides)]
+            phases[r] = lax.slice(
+                xp,
+                (0,) * b + r + (0,),
+                (*xp.shape[:b], *limit, xp.shape[-1]),
+                (1,) * b + geom.strides + (1,),
+            )
+        grid = phases[r]
         v = lax.slice(
-            xp,
-            (0,) * b + offset + (0,),
-            (*xp.shape[:b], *limit, xp.shape[-1]),
-            (1,) * b + geom.strides + (1,),
+            grid,
+            (0,) * b + q + (0,),
+            (*grid.shape[:b], *(qd + o for qd, o in zip(q, geom.out)), grid.shape[-1]),
         )
         views.append(jnp.expand_dims(v, cells))
     return views
@@ -294,9 +320,10 @@ def _slice_views(xf: jax.Array, geom: _Geometry) -> list[jax.Array]:
 
 def _slice_masks(geom: _Geometry) -> list[np.ndarray | None]:
     masks = []
-    for offset in itertools.product(*(range(k) for k in geom.window)):
+    for r, q in _slice_offsets(geom):
         mask = np.ones((), bool)
-        for d, (j, o, s) in enumerate(zip(offset, geom.out, geom.strides)):
+        for d, (rd, qd, o, s) in enumerate(zip(r, q, geom.out, geom.strides)):
+            j = qd * s + rd
             valid = _valid_1d(geom, d, j + (o - 1) * s + 1)[j::s]
             mask = mask[..., None, None] & valid[:, None]
         masks.append(None if mask.all() else mask[..., None])
