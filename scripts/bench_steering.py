@@ -362,6 +362,11 @@ def main() -> None:
     p.add_argument("--digits-lam", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument(
+        "--skip-n1",
+        action="store_true",
+        help="run n = 1 (the unsteered sampler) only for best_of_n",
+    )
+    p.add_argument(
         "--small-methods",
         type=str,
         default="best_of_n,svdd_pm,svdd_mc,fk_diff_ess",
