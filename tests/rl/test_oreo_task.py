@@ -76,7 +76,7 @@ def test_systematic_confusion():
 
 
 def test_answer_checker_rejects_malformed():
-    batch, _ = T.sft_batch(jax.random.key(2), 2000, CFG)  # same shape: no recompilation
+    batch, _ = T.sft_batch(jax.random.key(2), 2000, CFG, 0.0, 0.0)  # same signature: cached
     batch = jax.tree.map(lambda x: x[:1], batch)
     toks = np.array(batch.tokens)  # [4, L]: original + three corruptions
     end = int(batch.length[0])
@@ -92,7 +92,7 @@ def test_answer_checker_rejects_malformed():
 
 
 def test_masks_and_step_starts():
-    batch, _ = T.sft_batch(jax.random.key(3), 2000, CFG)
+    batch, _ = T.sft_batch(jax.random.key(3), 2000, CFG, 0.0, 0.0)
     batch = jax.tree.map(lambda x: x[0], batch)
     mask, starts = jax.jit(T.sequence_masks)(batch.tokens, batch.prompt_len, batch.length)
     plen, n = T.prompt_length(4), int(batch.length)
