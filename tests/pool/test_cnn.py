@@ -23,6 +23,17 @@ def _digits(n_train=600, n_test=300):
     )
 
 
+def test_train_traces_under_vmap():
+    """Several seeds at once: shapes only (compiling vmapped conv backward is slow on XLA CPU)."""
+    config = CNNConfig(pool="soft", channels=(2, 3), steps=7, batch_size=4)
+    data = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _digits(20, 10))
+    keys = jax.ShapeDtypeStruct((3,), jax.random.key(0).dtype)
+    out = jax.eval_shape(jax.vmap(make_train(config), in_axes=(0, None)), keys, data)
+    assert out.losses.shape == (3, 7)
+    assert out.test_accuracy.shape == (3,)
+
+
+@pytest.mark.slow
 def test_vmapped_seeds_learn_digits():
     config = CNNConfig(pool="soft", channels=(4, 8), steps=150, batch_size=32, learning_rate=1e-2)
     train = jax.jit(jax.vmap(make_train(config), in_axes=(0, None)))

@@ -87,10 +87,7 @@ def test_matches_torch_paper_formula(torch, shape_cf, window, strides, padding):
 
 @pytest.mark.parametrize(
     ("shape_cf", "window", "strides", "padding"),
-    [
-        ((4, 8, 20, 20), (3, 3), (2, 2), [(1, 1), (1, 1)]),
-        ((2, 8, 8, 20, 20), (2, 2, 2), (2, 2, 2), "VALID"),
-    ],
+    [((2, 8, 8, 20, 20), (2, 2, 2), (2, 2, 2), "VALID")],
 )
 def test_autodiff_gradient_matches_torch(torch, shape_cf, window, strides, padding):
     x_cf = _normal(shape_cf, seed=11, dtype=np.float64)
@@ -114,15 +111,10 @@ def test_second_order_matches_torch(torch):
     (ggt,) = torch.autograd.grad((gt**2).sum(), xt)
     gg_ref = np.moveaxis(ggt.numpy(), 1, -1)
 
-    for gradient in GRADIENTS:
-
-        def loss(v, gradient=gradient):
-            return jnp.sum(jnp.sin(soft_pool(v, window, strides, padding, gradient=gradient)))
-
-        gg = jax.jit(jax.grad(lambda v: jnp.sum(jax.grad(loss)(v) ** 2)))(
-            jnp.asarray(x, jnp.float32)
-        )
-        assert _rel_err(gg, gg_ref) <= 1e-4, gradient
+    # The custom VJP's own derivative (autodiff's is compared with it in a test below).
+    loss = lambda v: jnp.sum(jnp.sin(soft_pool(v, window, strides, padding)))
+    gg = jax.jit(jax.grad(lambda v: jnp.sum(jax.grad(loss)(v) ** 2)))(jnp.asarray(x, jnp.float32))
+    assert _rel_err(gg, gg_ref) <= 1e-4
 
 
 # --------------------------------------------------------------------------- NumPy parity (both lanes)
