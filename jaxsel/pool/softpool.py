@@ -15,14 +15,18 @@ denominator is >= 1: no overflow and no 0/0); the gradient is the true one above
 backward returns only ``w_i``); padded cells get zero weight; any stride; one code path on every
 backend; f16/bf16 inputs are accumulated in float32 and the output is cast back.
 
-Two ways to see the windows, both linear maps of the (padded) input:
+Two ways to read the windows, both linear maps of the (padded) input, chosen per pass:
 
-- ``"reshape"`` (non-overlapping windows, stride >= window in every dimension): one reshape
-  splits every spatial axis into (windows, cells); reductions run over the cell axes and the
-  backward pass is a single elementwise pass over the input.
-- ``"slices"`` (any stride): one strided slice per cell offset of the window, each of output shape;
-  the reductions are elementwise over the ``prod(window_shape)`` slices, so nothing of size
-  ``output * window`` is ever materialised in the forward pass.
+- ``"blocks"``: one reshape splits every spatial axis into (blocks of ``stride`` cells); window
+  cells are the first ``k`` cells of ``ceil(k / s)`` consecutive blocks. With non-overlapping
+  windows (stride >= window) this is a single view, and the backward pass is one elementwise pass
+  over the input followed by the inverse reshape: the fast path for the common case.
+- ``"slices"`` (the general path): one strided slice per cell offset of the window, each of
+  output shape, combined elementwise, so nothing of size ``output * window`` is materialised and
+  the forward pass is one fused loop over the output.
+
+``implementation="auto"`` reads the forward pass as slices (fastest on CPU in every case measured)
+and the backward pass as blocks when windows do not overlap, as slices when they do.
 
 The gradient is a custom VJP that recomputes the weights from the input and the saved per-window
 max, softmax denominator and ``y``; it is written in differentiable JAX, so ``grad`` of ``grad`` works.
@@ -443,8 +447,8 @@ def soft_pool(
       window_shape: window size per spatial dimension, e.g. ``(2, 2)``.
       strides: step per spatial dimension; ``None`` means ``(1, ..., 1)`` (as in flax).
       padding: ``"VALID"``, ``"SAME"`` or ``((low, high), ...)`` per spatial dimension.
-      implementation: ``"auto"`` (``"reshape"`` when windows do not overlap, else ``"slices"``),
-        or either one explicitly (``"reshape"`` needs ``strides >= window_shape``).
+      implementation: ``"auto"`` (see the module docstring), or ``"blocks"`` / ``"slices"`` to read
+        the windows that way in both passes; all give the same values.
       gradient: ``"custom"`` (closed-form VJP, recomputes the weights; the default and the faster
         one on CPU, see ``scripts/bench_softpool.py``) or ``"autodiff"``.
 
