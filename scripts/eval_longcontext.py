@@ -10,6 +10,7 @@ greedy answers, exact match. The same questions are used for every policy at a g
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -25,11 +26,15 @@ def parse() -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=rt.ASSET_DIR, help="saved retrieval model")
     p.add_argument("--multiples", type=str, default="1,2,4,8,16,32")
     p.add_argument("--n", type=int, default=200, help="questions per cell")
+    p.add_argument(
+        "--n-at", type=str, default="", help="per-multiple overrides of --n, e.g. '32=100'"
+    )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--policies", type=str, default="all", help="comma list or 'all'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("results/models"))
     p.add_argument("--slice-only", action="store_true", help="only the test slice")
+    p.add_argument("--no-slice", action="store_true", help="skip the test slice")
     return p.parse_args()
 
 
@@ -68,23 +73,30 @@ def main() -> None:
         write_slice(params, config, args, train_len, n_pairs)
         return
     multiples = [int(m) for m in args.multiples.split(",")]
-    rows = []
+    n_at = {int(k): int(v) for k, v in (kv.split("=") for kv in args.n_at.split(",") if kv)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "longcontext.partial.json"
+    rows = json.loads(partial.read_text())["rows"] if partial.exists() else []
+    done = {(r["policy"], r["multiple"]) for r in rows}
     t0 = time.perf_counter()
-    cells = [(m, name) for m in multiples for name in policies]
+    cells = [(m, name) for m in multiples for name in policies if (name, m) not in done]
     for m, name in tqdm(cells, desc="cells"):
+        n = n_at.get(m, args.n)
         res = rt.evaluate(
             params,
             config,
             policies[name],
             length=m * train_len,
-            n=args.n,
+            n=n,
             key=jax.random.fold_in(jax.random.key(args.seed), m),
             batch_size=args.batch_size,
             train_len=train_len,
             n_pairs=n_pairs,
         )
         rows.append({"policy": name, "multiple": m, "length": m * train_len, **res})
+        partial.write_text(json.dumps({"rows": rows}, indent=1))
         tqdm.write(f"{name:>22s} x{m:<3d} acc {res['accuracy']:.3f} ({res['seconds']:.0f} s)")
+    rows.sort(key=lambda r: (list(policies).index(r["policy"]), r["multiple"]))
     print(format_table(rows))
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -96,7 +108,8 @@ def main() -> None:
     print(f"wrote {write_json(args.out / 'longcontext.json', payload)}")
     plot(rows, args.out / "longcontext.png", train_len)
     print(f"wrote {args.out / 'longcontext.png'}")
-    write_slice(params, config, args, train_len, n_pairs)
+    if not args.no_slice:
+        write_slice(params, config, args, train_len, n_pairs)
 
 
 SLICE = (("dense", 1), ("tokenselect_compact", 16), ("dense", 16), ("streaming", 4))

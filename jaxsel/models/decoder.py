@@ -262,7 +262,9 @@ class Decoder(nnx.Module):
         self.config = config
         if params is None:
             key = rngs.params() if rngs is not None else jax.random.key(0)
-            params = init_params(key, config, dtype=dtype)
+            params = jax.jit(init_params, static_argnums=1, static_argnames="dtype")(
+                key, config, dtype=dtype
+            )
         self.params = nnx.data(jax.tree.map(nnx.Param, params))
 
     def params_tree(self) -> Params:
