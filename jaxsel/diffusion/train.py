@@ -319,11 +319,12 @@ def save_params(path: str | Path, params: Any) -> Path:
 
 
 def load_params(path: str | Path) -> Any:
-    """Reads a pytree saved by :func:`save_params` (as NumPy arrays on the host)."""
+    """Reads a pytree saved by :func:`save_params` as jax arrays."""
     import orbax.checkpoint as ocp
 
     with ocp.PyTreeCheckpointer() as ckpt:
-        return ckpt.restore(Path(path).absolute())
+        # device arrays, so traced indices (embedding lookups) work on the restored params
+        return jax.tree.map(jnp.asarray, ckpt.restore(Path(path).absolute()))
 
 
 ASSETS = Path(__file__).parent / "assets"
