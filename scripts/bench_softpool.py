@@ -61,6 +61,7 @@ class Config:
     digits_steps: int = 600
     fashion_steps: int = 300
     fashion_train: int = 10000
+    datasets: str = "digits,fashion_mnist"  # comma-separated; fashion_mnist needs the IDX files
     skip_speed: bool = False
     skip_accuracy: bool = False
     out: str = "results/pool"
@@ -148,7 +149,7 @@ def load_data(cfg: Config) -> dict[str, Data]:
     sets = {}
     d = hebb_data.load_digits(seed=0)
     sets["digits"] = Data(*map(jnp.asarray, d))
-    if hebb_data.FASHION_MNIST_DIR.exists():
+    if "fashion_mnist" in cfg.datasets and hebb_data.FASHION_MNIST_DIR.exists():
         f = hebb_data.load_fashion_mnist()
         n = cfg.fashion_train // (4 if cfg.quick else 1)
         perm = np.random.default_rng(0).permutation(len(f.y_train))[:n]
@@ -191,8 +192,9 @@ def bench_accuracy(cfg: Config) -> list[dict]:
                 "wall_s": time.perf_counter() - t0,
             }
         )
+        save(cfg, [], rows)  # partial results survive an interrupted run
     if "fashion_mnist" not in sets:
-        print("Fashion-MNIST not found under /usr/share/datasets/fashion-mnist: digits only.")
+        print("Fashion-MNIST not requested or not under /usr/share/datasets/fashion-mnist.")
     return rows
 
 
