@@ -53,7 +53,11 @@ def soft_wta(u: jax.Array, *, t_invert: float | jax.Array, axis: int = -1) -> ja
     Returns:
       ``y`` with the shape of ``u``, non-negative, summing to 1 over ``axis``.
     """
-    return jax.nn.softmax(jnp.asarray(t_invert, u.dtype) * u, axis=axis)
+    # Shift by the max before scaling: with |u| ~ 1e9 the product t * u reaches ~1e10, and XLA:CPU
+    # (jax 0.10.2) returned NaN from jax.nn.softmax on such logits under jit.
+    shifted = u - lax.stop_gradient(jnp.max(u, axis=axis, keepdims=True))
+    e = jnp.exp(jnp.asarray(t_invert, u.dtype) * shifted)
+    return e / jnp.sum(e, axis=axis, keepdims=True)
 
 
 def softkrotov_wta(u: jax.Array, *, t_invert: float | jax.Array, axis: int = -1) -> jax.Array:
