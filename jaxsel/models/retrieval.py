@@ -362,9 +362,11 @@ def decode_tokens_per_s(
     batch: int = 4,
     steps: int = 32,
     train_len: int = 64,
+    repeats: int = 3,
 ) -> float:
     """Decode throughput at a prompt of ``length``: (batch * steps) / (t(steps + 1) - t(1)), each
-    generate call timed after its compilation, so prefill and compile cancel out."""
+    generate call timed after its compilation (min of ``repeats``), so prefill and compile cancel
+    out. NaN when the two timings cannot be separated."""
     import time
 
     from jaxsel.models.generate import generate
@@ -378,11 +380,19 @@ def decode_tokens_per_s(
             policy=policy,
             prefill_chunk=prefill_chunk_for(policy, train_len),
         )
-        generate(params, config, prompts, **kw)  # compile
-        t0 = time.perf_counter()
-        generate(params, config, prompts, **kw)
-        times.append(time.perf_counter() - t0)
-    return batch * steps / max(times[1] - times[0], 1e-9)
+        jax.block_until_ready(generate(params, config, prompts, **kw))  # compile
+        # Min of a few repeats: one sample each made the difference noisy enough to go negative
+        # (the prefill dominates t(1)), which printed an absurd rate.
+        reps = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(generate(params, config, prompts, **kw))
+            reps.append(time.perf_counter() - t0)
+        times.append(min(reps))
+    decode_s = times[1] - times[0]
+    if decode_s <= 0:
+        return float("nan")  # the measurement could not separate decode from prefill
+    return batch * steps / decode_s
 
 
 def evaluate_lengths(
