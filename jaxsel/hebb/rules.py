@@ -96,14 +96,17 @@ def triangle(u: jax.Array, *, power: float = 1.0, axis: int = -1) -> jax.Array:
     """Triangle activation: ``relu(u - mean_over_neurons(u)) ** power``.
 
     The authors' forward activation after every SoftHebb conv. The power is taken on a floored
-    base so that the gradient stays finite for ``power < 1`` (used by the backprop control).
+    base so that the gradient stays finite for ``power < 1`` (used by the backprop control), and
+    as ``exp(power * log r)``: XLA:CPU's ``pow`` ran ~7x slower than ``exp`` + ``log`` here
+    (measured 337 vs 49 ms on a 100x14x14x384 batch), and the Triangle is on every forward pass.
     """
     r = u - jnp.mean(u, axis=axis, keepdims=True)
     positive = r > 0
     if power == 1.0:
         return jnp.where(positive, r, 0)
     tiny = jnp.finfo(r.dtype).tiny
-    return jnp.where(positive, jnp.maximum(r, tiny) ** power, 0)
+    base = jnp.where(positive, jnp.maximum(r, tiny), 1)
+    return jnp.where(positive, jnp.exp(jnp.asarray(power, r.dtype) * jnp.log(base)), 0)
 
 
 def neuron_norms(w: jax.Array) -> jax.Array:
@@ -172,11 +175,64 @@ def dense_delta(x: jax.Array, y: jax.Array, u: jax.Array, w: jax.Array) -> jax.A
     return _delta_from_correlation(x.T @ y, y, u, w)
 
 
-def conv2d(x: jax.Array, w: jax.Array, *, strides: tuple[int, int] = (1, 1)) -> jax.Array:
-    """'VALID' 2-D convolution, NHWC input, HWIO kernel (pad beforehand, e.g. reflect)."""
-    return lax.conv_general_dilated(
-        x, w, window_strides=strides, padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+ConvImpl = Literal["im2col", "xla"]
+
+
+def image_patches(x: jax.Array, kernel: tuple[int, int], strides: tuple[int, int] = (1, 1)):
+    """'VALID' patches of an NHWC batch by strided slicing: ``(B, H', W', kh * kw, C)``.
+
+    Patch position ``i * kw + j`` holds ``x[:, i + s_h * h', j + s_w * w', :]``, so the trailing
+    ``(kh * kw, C)`` axes flatten in the order of an HWIO kernel's leading axes. Slicing copies
+    ``kh * kw`` views; ``lax.conv_general_dilated_patches`` instead runs a convolution with a
+    one-hot kernel (``kh * kw * C`` output channels), which cost more than the matmul it feeds.
+    """
+    kh, kw = kernel
+    sh, sw = strides
+    _, h, w, _ = x.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"kernel {kernel} larger than the (padded) input {x.shape=}")
+    views = [
+        x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.stack(views, axis=3)
+
+
+def conv2d(
+    x: jax.Array,
+    w: jax.Array,
+    *,
+    strides: tuple[int, int] = (1, 1),
+    implementation: ConvImpl = "im2col",
+) -> jax.Array:
+    """'VALID' 2-D convolution, NHWC input, HWIO kernel (pad beforehand, e.g. reflect).
+
+    ``"im2col"`` (default): :func:`image_patches` times the kernel as one matmul; its gradients
+    are matmuls too. ``"xla"``: ``lax.conv_general_dilated``. On XLA:CPU (jax 0.10.2) the matmul
+    form ran the 96 -> 384 channel 3x3 conv of the two-layer net 1.5x faster (437 vs 660 CPU-ms
+    for 100 images), and the backward-filter convolution of ``"xla"`` slows down ~20x inside
+    ``lax.scan``, which the backprop control needs.
+    """
+    if x.ndim != 4 or w.ndim != 4 or x.shape[-1] != w.shape[2]:
+        raise ValueError(
+            f"conv2d needs x (b,h,w,in) and w (kh,kw,in,out); got {x.shape=}, {w.shape=}"
+        )
+    if implementation == "xla":
+        return lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=strides,
+            padding="VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+    if implementation != "im2col":
+        raise ValueError(f"implementation must be 'im2col' or 'xla', got {implementation=!r}")
+    kh, kw, c, o = w.shape
+    p = image_patches(x, (kh, kw), strides)
+    u = p.reshape(-1, kh * kw * c) @ w.reshape(kh * kw * c, o)
+    return u.reshape(*p.shape[:3], o)
 
 
 ConvDeltaImpl = Literal["patches", "vjp"]
@@ -184,12 +240,9 @@ ConvDeltaImpl = Literal["patches", "vjp"]
 
 def _patch_correlation(x: jax.Array, y: jax.Array, kernel: tuple[int, int], strides) -> jax.Array:
     kh, kw = kernel
-    b, ho, wo, _ = y.shape
-    p = lax.conv_general_dilated_patches(
-        x, (kh, kw), strides, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )  # (b, ho, wo, in * kh * kw), features ordered (in, kh, kw)
-    p = p.reshape(b, ho, wo, x.shape[-1], kh, kw)
-    return jnp.einsum("bhwcij,bhwo->ijco", p, y.astype(p.dtype))
+    p = image_patches(x, kernel, strides)  # (b, ho, wo, kh * kw, in)
+    yx = jnp.einsum("bhwpc,bhwo->pco", p, y.astype(p.dtype))
+    return yx.reshape(kh, kw, x.shape[-1], y.shape[-1])
 
 
 def conv_delta(
@@ -207,7 +260,7 @@ def conv_delta(
     The correlation term is the kernel cotangent of the convolution fed ``y``. Two equal ways:
 
     - ``"vjp"``: ``jax.vjp`` of :func:`conv2d` w.r.t. ``w`` (one backward-filter convolution);
-    - ``"patches"`` (default): image patches contracted with ``y`` in one ``einsum`` (a matmul).
+    - ``"patches"`` (default): :func:`image_patches` contracted with ``y`` in one ``einsum``.
       Inside ``lax.scan`` XLA:CPU runs the backward-filter convolution ~20-40x slower than outside
       (measured: 1.9 vs 0.05 CPU-s for 10x16x16x96 -> 384 channels), the matmul does not slow down.
 
@@ -227,7 +280,7 @@ def conv_delta(
     if x.shape[-1] != w.shape[2] or y.shape[-1] != w.shape[3] or y.shape != u.shape:
         raise ValueError(f"shape mismatch: {x.shape=}, {y.shape=}, {u.shape=}, {w.shape=}")
     if implementation == "vjp":
-        _, pullback = jax.vjp(lambda k: conv2d(x, k, strides=strides), w)
+        _, pullback = jax.vjp(lambda k: conv2d(x, k, strides=strides, implementation="xla"), w)
         (yx,) = pullback(y.astype(w.dtype))
     elif implementation == "patches":
         yx = _patch_correlation(x, y, (w.shape[0], w.shape[1]), strides).astype(w.dtype)

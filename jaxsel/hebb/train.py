@@ -173,10 +173,25 @@ def init_linear(key: jax.Array, n_in: int, n_out: int) -> LinearHead:
     )
 
 
+def _fair_coins(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Independent Bernoulli(1/2) booleans, one random BIT each (unpacked from uint32 words).
+
+    ``jax.random.bernoulli`` draws a 32-bit word per element; on XLA:CPU threefry then dominates
+    a probe step (measured 71 ms vs 1.4 ms for a 64 x 18816 mask).
+    """
+    n = int(np.prod(shape))
+    words = jax.random.bits(key, (-(-n // 32),), jnp.uint32)
+    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    return (bits.reshape(-1)[:n] == 1).reshape(shape)
+
+
 def _dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
     if rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    if rate == 0.5:  # the authors' rate: one random bit per element is exact and ~50x cheaper
+        keep = _fair_coins(key, x.shape)
+    else:
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 

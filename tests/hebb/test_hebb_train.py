@@ -104,3 +104,24 @@ def test_digits_softhebb_beats_random_weights_other_seeds(seed):
     hebb_acc, rand_acc = digits_run(epochs=10, probe_epochs=50, seed=seed)
     assert hebb_acc >= 0.97
     assert hebb_acc > rand_acc
+
+
+def test_dropout_fair_coins_are_unbiased_independent_bits():
+    key = jax.random.key(3)
+    coins = np.asarray(jax.jit(lambda k: train._fair_coins(k, (64, 1000)))(key))
+    assert coins.dtype == bool and coins.shape == (64, 1000)
+    n = coins.size
+    assert abs(coins.mean() - 0.5) < 4 * 0.5 / np.sqrt(n)  # 4 sigma
+    # neighbouring bits come from the same uint32 word: they must still be uncorrelated
+    a, b = coins.reshape(-1)[:-1].astype(float), coins.reshape(-1)[1:].astype(float)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 4 / np.sqrt(n)
+    # different keys give different masks; the same key the same mask
+    other = np.asarray(train._fair_coins(jax.random.key(4), (64, 1000)))
+    assert (coins != other).mean() > 0.45
+    np.testing.assert_array_equal(coins, np.asarray(train._fair_coins(key, (64, 1000))))
+    x = jnp.ones((64, 1000))
+    y = np.asarray(train._dropout(key, x, 0.5))
+    np.testing.assert_array_equal(y, np.where(coins, 2.0, 0.0))
+    y3 = np.asarray(train._dropout(key, x, 0.3))  # general rate: bernoulli path
+    np.testing.assert_allclose(y3[y3 != 0], 1 / 0.7, rtol=1e-6)
+    assert abs((y3 == 0).mean() - 0.3) < 0.01

@@ -221,3 +221,45 @@ def test_conv_delta_implementations_agree(stride):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="implementation"):
         rules.conv_delta(x, y, u, w, implementation="loop")
+
+
+def np_conv_valid(x, w, stride):
+    """Direct loops over output positions: x (b,h,w,c), w (kh,kw,c,o)."""
+    kh, kw, _, o = w.shape
+    ho = (x.shape[1] - kh) // stride + 1
+    wo = (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, o))
+    for i in range(ho):
+        for j in range(wo):
+            patch = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw, :]
+            out[:, i, j] = np.einsum("bhwc,hwco->bo", patch, w)
+    return out
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_im2col_matches_numpy_and_xla_with_gradients(stride):
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2, 7, 6, 3)).astype(np.float32)
+    w = rng.normal(size=(3, 2, 3, 4)).astype(np.float32)  # non-square kernel
+    s = (stride, stride)
+    a = jax.jit(lambda x, w: rules.conv2d(x, w, strides=s))(x, w)
+    np.testing.assert_allclose(a, np_conv_valid(x, w, stride), rtol=1e-5, atol=1e-5)
+    b = rules.conv2d(x, w, strides=s, implementation="xla")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    def loss(impl):
+        return lambda x, w: jnp.sum(jnp.sin(rules.conv2d(x, w, strides=s, implementation=impl)))
+
+    ga = jax.grad(loss("im2col"), argnums=(0, 1))(x, w)
+    gb = jax.grad(loss("xla"), argnums=(0, 1))(x, w)
+    for p, q in zip(ga, gb):
+        np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-4)
+    patches = rules.image_patches(jnp.asarray(x), (3, 2), s)
+    assert patches.shape == (*a.shape[:3], 6, 3)
+    np.testing.assert_array_equal(patches[:, 0, 0].reshape(2, 3, 2, 3), x[:, :3, :2])
+    with pytest.raises(ValueError, match="implementation"):
+        rules.conv2d(x, w, implementation="fft")
+    with pytest.raises(ValueError, match="conv2d"):
+        rules.conv2d(x, w[:, :, :2])
+    with pytest.raises(ValueError, match="kernel"):
+        rules.image_patches(jnp.asarray(x), (8, 2))
