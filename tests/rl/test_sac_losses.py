@@ -221,3 +221,15 @@ def test_bad_shapes_raise():
         sac.soft_q_target(1.0, 0.9, jnp.ones(3), 0.0, alpha=0.1, critic_mask=jnp.ones(2, bool))
     with pytest.raises(ValueError, match="q_next"):
         sac.soft_q_target(1.0, 0.9, jnp.ones((2, 2, 2)), 0.0, alpha=0.1)
+
+
+def test_from_noise_is_the_sample_for_that_noise():
+    key = jax.random.key(3)
+    mean, log_std = jnp.array([0.2, -1.0]), jnp.array([-0.3, 0.5])
+    eps = jax.random.normal(key, (2,))
+    a, logp = sac.tanh_gaussian_sample(key, mean, log_std, low=-2.0, high=2.0)
+    b, logq = sac.tanh_gaussian_from_noise(eps, mean, log_std, low=-2.0, high=2.0)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(logp, logq, rtol=1e-6)
+    u = mean + jnp.exp(log_std) * eps
+    np.testing.assert_allclose(b, 2.0 * np.tanh(u), rtol=1e-6)

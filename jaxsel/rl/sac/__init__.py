@@ -6,6 +6,7 @@ from jaxsel.rl.sac.checkpoint import restore_state, save_state
 from jaxsel.rl.sac.distributions import (
     deterministic_action,
     squash_action,
+    tanh_gaussian_from_noise,
     tanh_gaussian_log_prob,
     tanh_gaussian_sample,
     tanh_log_det_jacobian,
@@ -50,6 +51,7 @@ __all__ = [
     "save_state",
     "soft_q_target",
     "squash_action",
+    "tanh_gaussian_from_noise",
     "tanh_gaussian_log_prob",
     "tanh_gaussian_sample",
     "tanh_log_det_jacobian",
