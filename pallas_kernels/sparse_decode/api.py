@@ -33,9 +33,24 @@ def _mosaic_tpu(q, k, v, indices, valid, *, scale, gqa_mapping, block_sizes, int
     )  # fmt: skip
 
 
+def _mosaic_gpu(q, k, v, indices, valid, *, scale, gqa_mapping, block_sizes, interpret):
+    from pallas_kernels.sparse_decode.mosaic_gpu import (
+        default_block_sizes,
+        sparse_decode_mosaic_gpu,
+    )
+
+    return sparse_decode_mosaic_gpu(
+        q, k, v, indices, valid, scale=resolve_scale(scale, q.shape[-1]),
+        gqa_mapping=gqa_mapping, block_sizes=block_sizes or default_block_sizes(indices.shape[0]),
+        interpret=interpret,
+    )  # fmt: skip
+
+
 _IMPLS: dict[str, Callable[..., Any]] = {"xla": _xla}
 if _compat.has_pallas_tpu():
     _IMPLS["mosaic_tpu"] = _mosaic_tpu
+if _compat.has_mosaic_gpu():
+    _IMPLS["mosaic_gpu"] = _mosaic_gpu
 
 
 def sparse_decode_attention(
@@ -62,9 +77,13 @@ def sparse_decode_attention(
       valid: ``[B]`` bool; invalid entries get zero weight.
       scale: logit scale, ``None`` for ``1/sqrt(d)``.
       gqa_mapping: "group" or "modulo".
-      implementation: ``"xla"``, ``"mosaic_tpu"`` or ``None`` (best for the device).
-      block_sizes: :class:`BlockSizes` (``block_b`` tokens per split).
-      interpret: ``True`` / ``"tpu"`` / params object to interpret a Pallas backend on CPU.
+      implementation: ``"xla"``, ``"mosaic_tpu"``, ``"mosaic_gpu"`` (Hopper; bf16/f16 caches on
+        the device) or ``None`` (best for the device).
+      block_sizes: :class:`BlockSizes` (``block_b`` tokens per split; a multiple of 64 for
+        ``"mosaic_gpu"``).
+      interpret: run a Pallas backend interpreted on CPU: ``True`` (generic interpreter for
+        ``mosaic_tpu``, Mosaic GPU interpreter for ``mosaic_gpu``), ``"tpu"``, ``"gpu"``, or a
+        params object.
 
     Returns:
       ``[Hq, d]`` in ``result_type(q, v)``; zeros for a step with no valid entry.

@@ -1,0 +1,36 @@
+"""Fixtures for the ``mosaic_gpu`` backend tests: on CPU they run in the Mosaic GPU interpreter."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pallas_kernels import _compat
+
+
+@pytest.fixture(scope="session")
+def mgpu_interpret(pallas_interpret):
+    """``interpret`` for ``implementation="mosaic_gpu"``: the GPU interpreter on CPU, ``False`` on a
+    GPU (unless ``JAXSEL_PALLAS_INTERPRET=1``); skips with the reason where Mosaic GPU is missing."""
+    if not _compat.has_mosaic_gpu():
+        pytest.skip("jax.experimental.pallas.mosaic_gpu does not import here (no Mosaic GPU)")
+    try:
+        _compat.gpu_interpret_params()
+    except Exception as e:  # pragma: no cover - depends on the jax build
+        pytest.skip(f"no Mosaic GPU interpreter in jax {jax.__version__}: {e}")
+    on_gpu = jax.default_backend() == "gpu"
+    return "gpu" if (pallas_interpret or not on_gpu) else False
+
+
+def lowers_for_cuda(fn, *args) -> str:
+    """StableHLO text of ``fn`` lowered for CUDA on this (possibly CPU-only) machine.
+
+    This runs the Pallas -> Mosaic GPU lowering, layout inference included; the PTX compile still
+    needs a GPU.
+    """
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def to_f32(x):
+    return jnp.asarray(x).astype(jnp.float32)
