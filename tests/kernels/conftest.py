@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from pallas_kernels import _compat
@@ -21,16 +20,3 @@ def mgpu_interpret(pallas_interpret):
         pytest.skip(f"no Mosaic GPU interpreter in jax {jax.__version__}: {e}")
     on_gpu = jax.default_backend() == "gpu"
     return "gpu" if (pallas_interpret or not on_gpu) else False
-
-
-def lowers_for_cuda(fn, *args) -> str:
-    """StableHLO text of ``fn`` lowered for CUDA on this (possibly CPU-only) machine.
-
-    This runs the Pallas -> Mosaic GPU lowering, layout inference included; the PTX compile still
-    needs a GPU.
-    """
-    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-
-
-def to_f32(x):
-    return jnp.asarray(x).astype(jnp.float32)

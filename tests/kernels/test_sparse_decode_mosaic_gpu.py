@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import lowers_for_cuda, to_f32
+from mgpu_testutil import lowers_for_cuda, to_f32
 
 import pallas_kernels as pk
 from pallas_kernels import _compat, _dispatch
