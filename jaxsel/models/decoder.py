@@ -172,6 +172,7 @@ def forward_chunk(
     policy: Any = None,
     select_states: Any = None,
     limit: jax.Array | None = None,
+    return_hidden: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
     """Runs ``C`` new tokens of ONE sequence through the decoder with a KV cache.
 
@@ -188,7 +189,8 @@ def forward_chunk(
 
     Returns:
       ``(logits [C, V] float32, cache_k, cache_v, select_states)`` with the chunk written at
-      slots ``start .. start + C - 1`` and ``kv_len = start + C`` valid tokens.
+      slots ``start .. start + C - 1`` and ``kv_len = start + C`` valid tokens; with
+      ``return_hidden=True`` a fifth element, the final-normed hidden states ``[C, D]``.
     """
     from jaxsel.models import policies as pol
 
@@ -230,17 +232,29 @@ def forward_chunk(
         new_v.append(cv)
         new_states.append(state)
     states = None if select_states is None else tuple(new_states)
-    return lm_logits(params, x, config), jnp.stack(new_k), jnp.stack(new_v), states
+    out = lm_logits(params, x, config), jnp.stack(new_k), jnp.stack(new_v), states
+    if return_hidden:
+        return (*out, rms_norm(x, params["final_norm"], eps=config.rms_norm_eps))
+    return out
 
 
-def forward(params: Params, tokens: jax.Array, *, config: DecoderConfig) -> jax.Array:
-    """Full-sequence causal forward of ONE sequence with dense attention: tokens [T] -> [T, V]."""
+def forward(
+    params: Params, tokens: jax.Array, *, config: DecoderConfig, return_hidden: bool = False
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Full-sequence causal forward of ONE sequence with dense attention: tokens [T] -> [T, V].
+
+    With ``return_hidden=True`` returns ``(logits [T, V], hidden [T, D])`` where ``hidden`` is the
+    last layer's output after the final RMSNorm (what the LM head reads); value heads and other
+    probes (e.g. OREO's value model) attach there.
+    """
     T = tokens.shape[0]
     shape = (config.num_layers, T, config.num_kv_heads, config.head_dim)
     dtype = params["embed"].dtype
     ck, cv = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
-    logits, *_ = forward_chunk(params, tokens, ck, cv, jnp.int32(0), config=config)
-    return logits
+    out = forward_chunk(
+        params, tokens, ck, cv, jnp.int32(0), config=config, return_hidden=return_hidden
+    )
+    return (out[0], out[4]) if return_hidden else out[0]
 
 
 # ----------------------------------------------------------------------------- NNX wrapper

@@ -162,3 +162,19 @@ def test_bad_input_errors(model):
         )
     with pytest.raises(ValueError, match="tokens must be int"):
         model(jnp.zeros((2, 3)))
+
+
+def test_forward_return_hidden_feeds_the_lm_head(model):
+    from jaxsel.models import decoder as dec
+
+    params, tokens = model.params_tree(), jnp.arange(1, 13, dtype=jnp.int32)
+    logits, hidden = jax.jit(lambda p, t: dec.forward(p, t, config=CFG, return_hidden=True))(
+        params, tokens
+    )
+    assert hidden.shape == (12, CFG.hidden_size)
+    # hidden is what the untied LM head (or tied embedding) reads: logits = hidden @ W.
+    w = params["embed"].T if CFG.tie_word_embeddings else params["lm_head"]
+    np.testing.assert_allclose(np.asarray(hidden @ w), np.asarray(logits), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(logits), np.asarray(model(tokens[None])[0]), rtol=1e-6, atol=1e-6
+    )
