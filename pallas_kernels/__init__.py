@@ -8,7 +8,9 @@ One folder per op, each with ``api.py`` (one entry point dispatching over implem
 - :func:`sparse_decode_attention`: flash-decoding over the selected tokens (``sparse_decode/``).
 
 Implementations: ``"xla"`` everywhere, ``"xla_radix"`` (topk), ``"mosaic_tpu"`` (``pl.pallas_call``;
-on CPU with ``interpret=True`` or ``interpret="tpu"``). This package never imports :mod:`jaxsel`.
+on CPU with ``interpret=True`` or ``interpret="tpu"``), ``"mosaic_gpu"`` (Hopper, ``plgpu.kernel``;
+``sparse_decode_attention`` and ``token_select``'s scoring; on CPU with ``interpret=True`` or
+``"gpu"``, the Mosaic GPU interpreter). This package never imports :mod:`jaxsel`.
 """
 
 from pallas_kernels._dispatch import available_implementations, default_backend_kind

@@ -140,3 +140,29 @@ def check_16bit_on_device(dtype: Any, interpret: Any, op: str) -> None:
             f"{op}: mosaic_gpu multiplies on wgmma, which takes f32 as tf32; got {jnp.dtype(dtype)} "
             "(use bf16/f16 caches, or implementation='xla')"
         )
+
+
+def matmul(a_smem: Any, b_smem: Any, *, transpose_b: bool, interpret: Any) -> jax.Array:
+    """``a @ b`` (or ``a @ b.T``) of two SMEM operands on wgmma, as an f32 ``[M, N]`` array.
+
+    On the device: ``plgpu.wgmma`` into a scoped accumulator; ``transpose_b`` reads ``b`` through
+    ``plgpu.transpose_ref`` (K-major B, wgmma's native layout). The CPU interpreter cannot run
+    wgmma on a transposed ref, so there (and only there) the same SMEM contents are multiplied with
+    ``lax.dot_general`` (exact f32 accumulation, as the reference).
+    """
+    from jax import lax
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    m = a_smem.shape[0]
+    n = b_smem.shape[0] if transpose_b else b_smem.shape[1]
+    if interpret and transpose_b:
+        dims = (((1,), (1,)), ((), ()))
+        return lax.dot_general(a_smem[...], b_smem[...], dims, preferred_element_type=jnp.float32)
+
+    def body(acc: Any) -> jax.Array:
+        b = plgpu.transpose_ref(b_smem, (1, 0)) if transpose_b else b_smem
+        plgpu.wgmma(acc, a_smem, b)
+        return acc[...]
+
+    return pl.run_scoped(body, plgpu.ACC((m, n), jnp.float32))

@@ -17,7 +17,14 @@ Compile time is reported apart from the steady state (median of ``--iters`` call
     python scripts/bench_kernels.py --out results/gpu/bench_kernels.json      # on a GPU
     python scripts/bench_kernels.py --small --out /tmp/bench_kernels_cpu.json # CPU smoke run
 
-``--implementation`` picks the backend (default: the best for the device, as the library does).
+Backends are compared in the same run: ``--impls`` (default: ``xla`` plus the library's pick for
+the device, i.e. ``xla mosaic_gpu`` on a Hopper GPU) times the scoring pass, ``token_select``,
+``sparse_decode_attention`` and the whole decode step for each, with ``speedup_vs_xla``.
+``--interpret`` runs the Pallas backends in their CPU interpreters (plumbing check only, tiny
+shapes: ``--tiny``; interpreter times mean nothing).
+
+    python scripts/bench_kernels.py --impls xla mosaic_gpu --out results/gpu/bench_kernels.json
+    python scripts/bench_kernels.py --tiny --impls xla mosaic_gpu --interpret --out /tmp/b.json
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ class Config:
     n_local: int = 512
     dtype: str = "bfloat16"
     iters: int = 10
-    implementation: str | None = None
+    impls: tuple[str, ...] = ()  # () = ("xla", the library's pick for the device)
+    interpret: bool = False
     topk_impls: tuple[str, ...] = ("xla_radix",)
     out: str = "results/gpu/bench_kernels.json"
     seed: int = 0
@@ -65,8 +73,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ns", type=int, nargs="+", help="cache lengths N")
     p.add_argument("--small", action="store_true", help="CPU smoke sizes: N in {8K, 32K}, k=256")
+    p.add_argument(
+        "--tiny", action="store_true", help="interpreter-sized: N=1024, Hq=8, Hkv=2, d=64, k=64"
+    )
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--implementation", type=str, default=None, help="backend for all three ops")
+    p.add_argument(
+        "--impls", type=str, nargs="+", default=None, help="backends to compare (xla first)"
+    )
+    p.add_argument("--implementation", type=str, default=None, help="alias: --impls xla IMPL")
+    p.add_argument("--interpret", action="store_true", help="interpret Pallas backends on CPU")
     p.add_argument("--topk-impls", type=str, nargs="+", default=None)
     p.add_argument("--out", type=str, default=None)
     a = p.parse_args(argv)
@@ -75,11 +90,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
         cfg = dataclasses.replace(
             cfg, ns=(8 * 1024, 32 * 1024), top_k=256, n_sink=16, n_local=64, iters=3
         )
-    over: dict[str, Any] = {"iters": a.iters if not a.small else min(a.iters, cfg.iters)}
+    if a.tiny:
+        cfg = dataclasses.replace(
+            cfg, ns=(1024,), hq=8, hkv=2, d=64, top_k=64, n_sink=8, n_local=16, iters=2
+        )
+    small = a.small or a.tiny
+    over: dict[str, Any] = {"iters": a.iters if not small else min(a.iters, cfg.iters)}
     if a.ns:
         over["ns"] = tuple(a.ns)
-    if a.implementation:
-        over["implementation"] = a.implementation
+    if a.impls:
+        over["impls"] = tuple(a.impls)
+    elif a.implementation:
+        over["impls"] = tuple(dict.fromkeys(("xla", a.implementation)))
+    over["interpret"] = a.interpret
     if a.topk_impls:
         over["topk_impls"] = tuple(a.topk_impls)
     if a.out:
@@ -101,7 +124,6 @@ def bench_one(cfg: Config, n: int) -> list[dict[str, Any]]:
     kv_len = jnp.int32(n)
     k_bytes = k.size * k.dtype.itemsize
     it = cfg.iters
-    impl = cfg.implementation
     rows: list[dict[str, Any]] = []
     sel_kw = dict(top_k=cfg.top_k, n_sink=cfg.n_sink, n_local=cfg.n_local)
 
@@ -109,24 +131,6 @@ def bench_one(cfg: Config, n: int) -> list[dict[str, Any]]:
     t_copy = time_fn(lambda a: a * jnp.asarray(1, a.dtype), k, name="copy", iters=it)
     copy_bw = 2 * k_bytes / t_copy.median_s
     rows.append(_row("copy K (read+write)", n, t_copy, GBps=copy_bw / 1e9))
-
-    # Scoring + votes: the pass that reads all of K.
-    if impl in (None, "xla"):
-        score_fn = functools.partial(soft_votes_reference, n_sink=cfg.n_sink, n_local=cfg.n_local)
-        score_name = "scoring+vote (xla)"
-    else:
-        from pallas_kernels.token_select.config import BlockSizes
-        from pallas_kernels.token_select.mosaic_tpu import ranked_votes_pallas
-
-        bs = BlockSizes.get_default(n=n, hq=cfg.hq, hkv=cfg.hkv, d=cfg.d)
-        score_fn = functools.partial(
-            ranked_votes_pallas, n_sink=cfg.n_sink, n_local=cfg.n_local, scale=1.0,
-            gqa_mapping="group", block_sizes=bs,
-        )  # fmt: skip
-        score_name = f"scoring+vote ({impl})"
-    t = time_fn(score_fn, q, k, kv_len, name=score_name, iters=it)
-    bw = k_bytes / t.median_s
-    rows.append(_row(score_name, n, t, GBps=bw / 1e9, frac_of_copy=bw / copy_bw))
 
     # Top-k of one N-long vote row.
     x = jnp.asarray(rng.random(n, np.float32))
@@ -140,44 +144,92 @@ def bench_one(cfg: Config, n: int) -> list[dict[str, Any]]:
         t = time_fn(lambda a, m=name: topk(a, cfg.top_k, implementation=m), x, iters=it)
         rows.append(_row(f"topk {name}", n, t, speedup_vs_lax=t_lax.median_s / t.median_s))
 
-    # Each op alone, then a whole decode step against dense attention.
-    select = lambda q, k, n_: token_select(q, k, n_, implementation=impl, **sel_kw)
-    t_sel = time_fn(select, q, k, kv_len, name="token_select", iters=it)
-    rows.append(_row("token_select", n, t_sel))
-    idx, valid = jax.jit(select)(q, k, kv_len)
-    attend = lambda q, k, v, i, ok: sparse_decode_attention(q, k, v, i, ok, implementation=impl)
-    t_att = time_fn(attend, q, k, v, idx, valid, name="sparse_decode", iters=it)
-    rows.append(_row("sparse_decode_attention", n, t_att))
-
     def dense(q, k, v, n_):
         o = jax.nn.dot_product_attention(
             q[None, None], k[None], v[None], key_value_seq_lengths=jnp.reshape(n_, (1,))
         )
         return o[0, 0]
 
-    def step(q, k, v, n_):
-        i, ok = select(q, k, n_)
-        return attend(q, k, v, i, ok)
-
     t_dense = time_fn(dense, q, k, v, kv_len, name="dense", iters=it)
     rows.append(_row("decode dense (jax.nn.dot_product_attention)", n, t_dense, ratio_to_dense=1.0))
-    t_step = time_fn(step, q, k, v, kv_len, name="tokenselect step", iters=it)
-    rows.append(
-        _row(
-            "decode TokenSelect (select + sparse)",
-            n,
-            t_step,
-            ratio_to_dense=t_step.median_s / t_dense.median_s,
-        )
-    )
+
+    # Per backend, in the same run: scoring pass, each op alone, a whole decode step.
+    base: dict[str, float] = {}
+    for impl in resolve_impls(cfg):
+        interp = cfg.interpret and impl not in ("xla", "xla_radix")
+
+        def tag(op: str, key: str, t: Any, _impl: str = impl, **extra: Any) -> dict[str, Any]:
+            if _impl == "xla":
+                base[key] = t.median_s
+            ratio = base[key] / t.median_s if key in base else None
+            return _row(f"{op} [{_impl}]", n, t, impl=_impl, speedup_vs_xla=ratio, **extra)
+
+        score_fn = scoring_fn(cfg, impl, n, interp)
+        t = time_fn(score_fn, q, k, kv_len, name=f"scoring {impl}", iters=it)
+        bw = k_bytes / t.median_s
+        rows.append(tag("scoring+vote", "score", t, GBps=bw / 1e9, frac_of_copy=bw / copy_bw))
+
+        def select(q, k, n_, _impl=impl, _interp=interp):
+            return token_select(q, k, n_, implementation=_impl, interpret=_interp, **sel_kw)
+
+        def attend(q, k, v, i, ok, _impl=impl, _interp=interp):
+            return sparse_decode_attention(q, k, v, i, ok, implementation=_impl, interpret=_interp)
+
+        def step(q, k, v, n_, _select=select, _attend=attend):
+            i, ok = _select(q, k, n_)
+            return _attend(q, k, v, i, ok)
+
+        t_sel = time_fn(select, q, k, kv_len, name=f"token_select {impl}", iters=it)
+        rows.append(tag("token_select", "select", t_sel))
+        idx, valid = jax.jit(select)(q, k, kv_len)
+        t_att = time_fn(attend, q, k, v, idx, valid, name=f"sparse_decode {impl}", iters=it)
+        rows.append(tag("sparse_decode_attention", "attend", t_att))
+        t_step = time_fn(step, q, k, v, kv_len, name=f"tokenselect step {impl}", iters=it)
+        rows.append(
+            tag("decode TokenSelect (select + sparse)", "step", t_step,
+                ratio_to_dense=t_step.median_s / t_dense.median_s)
+        )  # fmt: skip
     return rows
+
+
+def resolve_impls(cfg: Config) -> tuple[str, ...]:
+    """``cfg.impls``, or ``xla`` plus the library's preferred Pallas backend for this device."""
+    if cfg.impls:
+        return tuple(dict.fromkeys(("xla", *cfg.impls)))  # xla first: the ratios' baseline
+    here = [m for m in available_implementations() if m not in ("xla", "xla_radix")]
+    return ("xla", *here[:1])
+
+
+def scoring_fn(cfg: Config, impl: str, n: int, interpret: bool) -> Any:
+    """The pass that reads all of K (scores + soft votes) for one backend."""
+    kw = dict(n_sink=cfg.n_sink, n_local=cfg.n_local)
+    if impl in ("xla", "xla_radix"):
+        return functools.partial(soft_votes_reference, **kw)
+    if impl == "mosaic_gpu":
+        from pallas_kernels.token_select.mosaic_gpu import default_block_kv, soft_votes_mosaic_gpu
+
+        return functools.partial(
+            soft_votes_mosaic_gpu, scale=1.0, gqa_mapping="group",
+            block_kv=default_block_kv(n, cfg.d), interpret=interpret, **kw,
+        )  # fmt: skip
+    if impl == "mosaic_tpu":
+        from pallas_kernels.token_select.config import BlockSizes
+        from pallas_kernels.token_select.mosaic_tpu import ranked_votes_pallas
+
+        bs = BlockSizes.get_default(n=n, hq=cfg.hq, hkv=cfg.hkv, d=cfg.d)
+        return functools.partial(
+            ranked_votes_pallas, scale=1.0, gqa_mapping="group", block_sizes=bs,
+            interpret="tpu" if interpret else False, **kw,
+        )  # fmt: skip
+    raise ValueError(f"no scoring pass for {impl=}")
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     dev = jax.devices()[0]
     print(f"jax {jax.__version__}, device {dev.device_kind} ({jax.default_backend()}); "
-          f"implementations here: {available_implementations()}")  # fmt: skip
+          f"implementations here: {available_implementations()}; comparing "
+          f"{resolve_impls(cfg)}{' (interpreted)' if cfg.interpret else ''}")  # fmt: skip
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for n in tqdm(cfg.ns, desc="N"):
@@ -197,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     cols = ["op", "N", "median_ms", "compile_s", "GBps", "frac_of_copy", "speedup_vs_lax",
-            "ratio_to_dense"]  # fmt: skip
+            "speedup_vs_xla", "ratio_to_dense"]  # fmt: skip
     print(format_table(rows, cols))
     print(f"wrote {Path(cfg.out)}")
     return 0

@@ -5,7 +5,10 @@
 #   bash scripts/device_check.sh /tmp/device_out          # < 8 min on one H100/H200
 #
 # Assumes Python + jax (CUDA) preinstalled. Works (and reports the CPU device) without a GPU too.
-# Env: PYTHON (default python3), BENCH_ARGS (extra args for bench_kernels.py, e.g. "--small").
+# Env: PYTHON (default python3), BENCH_ARGS (extra args for bench_kernels.py, e.g. "--small"),
+#      BENCH_IMPLS (backends compared in the same run; default "xla mosaic_gpu" on a GPU).
+# Quick CPU check of the script itself (interpreted kernels, tiny shapes, ~3 min):
+#   BENCH_ARGS="--tiny --interpret" BENCH_IMPLS="xla mosaic_gpu" bash scripts/device_check.sh /tmp/dc
 set -u -o pipefail
 OUT="${1:?usage: scripts/device_check.sh OUT_DIR}"
 mkdir -p "$OUT"
@@ -43,13 +46,21 @@ PYEOF
 cat "$OUT/device.txt" | tee -a "$OUT/summary.txt"
 command -v nvidia-smi >/dev/null && nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 
-# 3. GPU tests (skip with a reason on a machine without a GPU).
-timeout 200 "$PY" -m pytest -m gpu tests/pallas_kernels -q -rs -p no:cacheprovider \
+# 3. GPU tests (skip with a reason on a machine without a GPU): the paper-shape checks, then the
+#    mosaic_gpu kernel tests, which run compiled on a GPU (interpreted on CPU; f32 cases skip there).
+timeout 120 "$PY" -m pytest -m gpu tests/pallas_kernels tests/kernels -q -rs -p no:cacheprovider \
   >"$OUT/pytest_gpu.log" 2>&1
-log "pytest -m gpu tests/pallas_kernels: exit $? ($(tail -n 1 "$OUT/pytest_gpu.log"))"
+log "pytest -m gpu tests/pallas_kernels tests/kernels: exit $? ($(tail -n 1 "$OUT/pytest_gpu.log"))"
+if [ "$(head -n 2 "$OUT/device.txt" | tail -n 1)" = "backend gpu" ]; then
+  timeout 90 "$PY" -m pytest tests/kernels -q -rs -p no:cacheprovider \
+    >"$OUT/pytest_mosaic_gpu.log" 2>&1
+  log "pytest tests/kernels (compiled mosaic_gpu): exit $? ($(tail -n 1 "$OUT/pytest_mosaic_gpu.log"))"
+fi
 
 # 4. Benchmarks; the JSON is rewritten after each N, so a timeout keeps the finished sizes.
-timeout 300 "$PY" scripts/bench_kernels.py --out "$OUT/bench_kernels.json" ${BENCH_ARGS:-} \
+IMPLS=()
+[ -n "${BENCH_IMPLS:-}" ] && IMPLS=(--impls $BENCH_IMPLS)
+timeout 240 "$PY" scripts/bench_kernels.py --out "$OUT/bench_kernels.json" "${IMPLS[@]}" ${BENCH_ARGS:-} \
   >"$OUT/bench_kernels.log" 2>&1
 log "bench_kernels: exit $? -> $OUT/bench_kernels.json"
 tail -n 40 "$OUT/bench_kernels.log" | tee -a "$OUT/summary.txt"

@@ -115,9 +115,47 @@ def _mosaic_tpu(
     )
 
 
+def _mosaic_gpu(
+    q: jax.Array,
+    k: jax.Array,
+    kv_len: Any,
+    *,
+    top_k: int,
+    n_sink: int,
+    n_local: int,
+    scale: float,
+    vote_pool: int,
+    gqa_mapping: str,
+    axis_name: str | None,
+    block_sizes: BlockSizes | None,
+    interpret: Any,
+) -> tuple[jax.Array, jax.Array]:
+    from pallas_kernels import _mgpu
+    from pallas_kernels.token_select.mosaic_gpu import default_block_kv, soft_votes_mosaic_gpu
+
+    n, d = k.shape[0], q.shape[1]
+    block_kv = block_sizes.block_kv if block_sizes is not None else default_block_kv(n, d)
+    interp = _mgpu.interpret_params(interpret)
+
+    def votes_fn(kv: Any) -> jax.Array:
+        v = soft_votes_mosaic_gpu(
+            q, k, jnp.asarray(kv, jnp.int32), n_sink=n_sink, n_local=n_local, scale=float(scale),
+            gqa_mapping=gqa_mapping, block_kv=block_kv, interpret=interp,
+        )  # fmt: skip
+        return v if axis_name is None else lax.psum(v, axis_name)
+
+    # Top-k over the votes: the plain-JAX radix select (no GPU top-k kernel yet).
+    topk_blocks = None if block_sizes is None else block_sizes.topk
+    return _select(
+        votes_fn, n, kv_len, top_k, n_sink, n_local, vote_pool, "xla", topk_blocks, interp
+    )
+
+
 _IMPLS: dict[str, Callable[..., Any]] = {"xla": _xla}
 if _compat.has_pallas_tpu():
     _IMPLS["mosaic_tpu"] = _mosaic_tpu
+if _compat.has_mosaic_gpu():
+    _IMPLS["mosaic_gpu"] = _mosaic_gpu
 
 
 def token_select(
@@ -155,9 +193,13 @@ def token_select(
       vote_pool: max-pool window over neighbouring votes (1: off).
       gqa_mapping: "group" (``h // (Hq/Hkv)``) or "modulo" (``h % Hkv``).
       axis_name: mesh axis over which heads are sharded; votes are ``psum``-ed across it.
-      implementation: ``"xla"``, ``"mosaic_tpu"`` or ``None`` (best for the device).
+      implementation: ``"xla"``, ``"mosaic_tpu"``, ``"mosaic_gpu"`` (Hopper: scoring kernel, votes
+        and radix top-k in XLA; bf16/f16 caches with N a multiple of 8 on the device) or ``None``
+        (best for the device).
       block_sizes: :class:`BlockSizes` (defaults from the shapes).
-      interpret: ``True`` / ``"tpu"`` / params object to interpret a Pallas backend on CPU.
+      interpret: run a Pallas backend interpreted on CPU: ``True`` (generic interpreter for
+        ``mosaic_tpu``, Mosaic GPU interpreter for ``mosaic_gpu``), ``"tpu"``, ``"gpu"``, or a
+        params object.
 
     Returns:
       ``(indices [B] int32 ascending, valid [B] bool)``.
