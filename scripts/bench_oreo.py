@@ -59,10 +59,18 @@ def summarise(results: list[dict]) -> dict[str, list[dict]]:
             "accuracy": _ms([r["greedy_beam_subset"] for r in results]),
         },
     )
-    for k in results[0]["self_consistency"]:
-        tables["self_consistency"].append(
-            {"selector": k, "accuracy": _ms([r["self_consistency"][k] for r in results])}
-        )
+    for pol_name in results[0]["self_consistency"]:
+        for k in results[0]["self_consistency"][pol_name]:
+            accs = [r["self_consistency"][pol_name][k] for r in results]
+            tables["self_consistency"].append(
+                {"samples_of": pol_name, "selector": k, "accuracy": _ms(accs)}
+            )
+    tables["value_ranking"] = []
+    for vname in results[0]["value_ranking"]:
+        row = {"value": vname}
+        for k in results[0]["value_ranking"][vname]:
+            row[k] = _ms([r["value_ranking"][vname][k] for r in results])
+        tables["value_ranking"].append(row)
     return tables
 
 
@@ -96,12 +104,22 @@ def plot(results: list[dict], path: Path) -> None:
     ax[1].set_xlabel("beam size B (value-guided)")
     ax[1].set_ylabel("accuracy")
     ax[1].legend()
-    sel = list(results[0]["self_consistency"])
-    vals = np.array([[r["self_consistency"][s] for s in sel] for r in results])
-    ax[2].bar(range(len(sel)), vals.mean(0), yerr=vals.std(0), capsize=3)
-    ax[2].set_xticks(range(len(sel)), sel, rotation=20)
-    ax[2].set_ylabel(f"accuracy ({results[0]['self_consistency_policy']} samples)")
-    fig.suptitle(f"OREO on modular arithmetic chains, {len(results)} seeds (mean +/- std)")
+    pols = list(results[0]["self_consistency"])
+    sel = list(results[0]["self_consistency"][pols[0]])
+    for j, pn in enumerate(pols):
+        vals = np.array([[r["self_consistency"][pn][s] for s in sel] for r in results])
+        w = 0.8 / len(pols)
+        ax[2].bar(
+            np.arange(len(sel)) + w * j, vals.mean(0), w, yerr=vals.std(0), capsize=3, label=pn
+        )
+    ax[2].set_xticks(np.arange(len(sel)) + 0.4 - 0.4 / len(pols), sel, rotation=20)
+    ax[2].set_ylabel(f"accuracy, K={results[0].get('sc_k', '?')} samples")
+    ax[2].legend(title="samples of")
+    t = results[0]["config"]["task"]
+    fig.suptitle(
+        f"OREO on arithmetic chains mod {t['modulus']} ({t['n_steps']} steps), "
+        f"{len(results)} seeds (mean +/- std)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -122,6 +140,7 @@ def main() -> None:
         r = run(args)
         # JSON keys are strings: normalise now so tables read the same from disk
         r["beam"] = {str(k): v for k, v in r["beam"].items()}
+        r["sc_k"] = args.sc_k
         results.append(r)
         # written after every seed, so an interrupted run still leaves its finished seeds
         tables = summarise(results)

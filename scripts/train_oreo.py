@@ -54,7 +54,11 @@ def build_config(args: argparse.Namespace) -> TR.OreoConfig:
         for k, v in vars(args).items()
         if k in TR.OreoConfig.__dataclass_fields__ and v is not None
     }
-    return TR.OreoConfig.quick(**over) if args.quick else TR.OreoConfig(**over)
+    cfg = TR.OreoConfig.quick(**over) if args.quick else TR.OreoConfig(**over)
+    task = {k: getattr(args, k) for k in ("n_steps", "modulus") if getattr(args, k) is not None}
+    if task:
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, **task))
+    return cfg
 
 
 def parser() -> argparse.ArgumentParser:
@@ -65,6 +69,15 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5, 7])
     ap.add_argument("--sc-k", type=int, default=8)
+    ap.add_argument("--n-steps", type=int, default=None, help="task chain length")
+    ap.add_argument("--modulus", type=int, default=None, help="task modulus (<= 23)")
+    ap.add_argument(
+        "--fast-compile",
+        action="store_true",
+        default=None,
+        help="skip XLA's expensive passes (compiles ~3x faster; on a loaded CPU the full "
+        "optimiser spends minutes per program)",
+    )
     for f in dataclasses.fields(TR.OreoConfig):
         if f.type in ("int", "float"):
             ap.add_argument(
@@ -87,6 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "oreo_step",
         *[f"oreo_iter{r}" for r in range(1, cfg.oreo_rounds)],
         "eval",
+        "value_fit",
         "beam",
         "sc",
     ]
@@ -118,7 +132,11 @@ def main() -> None:
     res = run(args)
     print(
         json.dumps(
-            {k: res[k] for k in ("greedy", "greedy_long", "beam", "self_consistency")}, indent=1
+            {
+                k: res[k]
+                for k in ("greedy", "greedy_long", "value_ranking", "beam", "self_consistency")
+            },
+            indent=1,
         )
     )
     if args.out is not None:

@@ -13,10 +13,14 @@ from jaxsel.rl.oreo import consistency as C
 from jaxsel.rl.oreo import model as M
 from jaxsel.rl.oreo import search as S
 from jaxsel.rl.oreo import task as T
+from jaxsel.rl.oreo.train import FAST_COMPILE
+
+# compilation dominates these tests: skip XLA's expensive backend passes (~3x faster compiles)
+jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 TCFG = T.TaskConfig(n_steps=2, modulus=5, max_len=20)
 MCFG = M.DecoderConfig(
-    vocab_size=T.VOCAB_SIZE, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=20
+    vocab_size=T.VOCAB_SIZE, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=20
 )
 
 
@@ -27,25 +31,33 @@ def _params():
     )
 
 
-def test_decode_step_matches_forward_and_value_head_starts_at_zero():
+def test_decode_step_matches_forward_prefill_and_values():
     pol, val = _params()
-    b, _ = T.sft_examples(jax.random.key(0), TCFG)
+    b, _ = jit(lambda k: T.sft_examples(k, TCFG))(jax.random.key(0))
+    head = {"w": jax.random.normal(jax.random.key(2), (MCFG.d_model,)), "b": jnp.float32(0.5)}
 
-    @jax.jit
+    @jit
     def run(tokens):
         def body(cache, p):
-            logits, _, cache = M.decode_step(pol, cache, tokens[p], p, MCFG)
-            return cache, logits
+            logits, hid, cache = M.decode_step(pol, cache, tokens[p], p, MCFG)
+            return cache, (logits, hid)
 
-        _, inc = jax.lax.scan(body, M.init_cache(MCFG), jnp.arange(MCFG.max_len))
-        full, _ = M.forward(pol, tokens, MCFG)
+        cache, (inc, inc_hid) = jax.lax.scan(body, M.init_cache(MCFG), jnp.arange(MCFG.max_len))
+        full, hid = M.forward(pol, tokens, MCFG)
         pre = M.prefill(pol, tokens, MCFG)
-        return inc, full, pre, M.values(val, tokens, MCFG)
+        # same trunk as ``forward`` on the same input: XLA shares the computation
+        v = M.values({**pol, "value_head": head}, tokens, MCFG)
+        return inc, inc_hid, cache, full, hid, pre, v, M.values(val, tokens, MCFG)
 
-    inc, full, pre, v = run(b.tokens)
+    inc, inc_hid, cache, full, hid, pre, v, v0 = run(b.tokens)
     np.testing.assert_allclose(inc, full, rtol=2e-4, atol=2e-4)
-    assert pre["k"].shape == (2, 20, 2, 16)
-    np.testing.assert_array_equal(v, 0.0)  # zero-initialised scalar head
+    np.testing.assert_allclose(inc_hid, hid, rtol=2e-4, atol=2e-4)
+    # prefill builds the cache that token-by-token decoding builds
+    assert pre["k"].shape == (2, 20, 2, 8)
+    np.testing.assert_allclose(pre["k"], cache["k"], rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(pre["v"], cache["v"], rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(v, np.asarray(hid) @ np.asarray(head["w"]) + 0.5, rtol=1e-4)
+    np.testing.assert_array_equal(v0, 0.0)  # zero-initialised scalar head
     with pytest.raises(ValueError, match="value_head"):
         M.values(pol, b.tokens, MCFG)
 
@@ -55,27 +67,31 @@ def test_sampler_logps_match_forward_and_greedy_is_argmax():
     batch = T.prompt_batch(jax.random.key(3), 4, TCFG)
     step = lambda c, t, p: M.decode_step(pol, c, t, p, MCFG)[::2]
 
-    @functools.partial(jax.jit, static_argnames="temperature")
-    def go(key, temperature):
+    @jit
+    def go(key):
         keys = jax.random.split(key, 4)
-        f = lambda tok, pl, k: S.sample(
-            step, M.init_cache(MCFG), tok, pl, k, temperature=temperature
-        )
-        out = jax.vmap(f)(batch.tokens, batch.prompt_len, keys)
-        lp, logits = jax.vmap(lambda t: M.token_logps(pol, t, MCFG))(out.tokens)
-        return out, lp, logits
+        outs = []
+        for temperature in (1.0, 0.0):  # sampled and greedy, one compiled program
+            f = lambda tok, pl, k, t=temperature: S.sample(
+                step, M.init_cache(MCFG), tok, pl, k, temperature=t
+            )
+            outs.append(jax.vmap(f)(batch.tokens, batch.prompt_len, keys))
+        both = jnp.concatenate([o.tokens for o in outs])
+        lp, logits = jax.vmap(lambda t: M.token_logps(pol, t, MCFG))(both)
+        return outs, lp, logits
 
-    out, lp, _ = go(jax.random.key(0), 1.0)
+    (out, g), lp, logits = go(jax.random.key(0))
     mask = jax.vmap(T.sequence_masks)(out.tokens, batch.prompt_len, out.length)[0]
-    np.testing.assert_allclose(out.logps, lp * mask, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.logps, lp[:4] * mask, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(out.tokens[:, :7], batch.tokens[:, :7])  # prompt kept
-    g, _, logits = go(jax.random.key(0), 0.0)
-    am = np.asarray(jnp.argmax(logits, -1))
+    am = np.asarray(jnp.argmax(logits[4:], -1))
     toks = np.asarray(g.tokens)
     for i in range(4):
         L = int(g.length[i])
         np.testing.assert_array_equal(toks[i, 7:L], am[i, 6 : L - 1])
         assert np.all(toks[i, L:] == T.PAD)
+    gmask = jax.vmap(T.sequence_masks)(g.tokens, batch.prompt_len, g.length)[0]
+    np.testing.assert_allclose(g.logps, lp[4:] * gmask, rtol=1e-4, atol=1e-4)
 
 
 # --- toy model where the right answer is known: each step writes a digit 0 or 1 (fair coin)
@@ -101,11 +117,11 @@ def _toy_value(tokens):
     return jnp.where(tokens == T.EOS, -100.0 * v, v)
 
 
-@pytest.mark.parametrize("beam", [1, 4])
+@pytest.mark.parametrize("beam", [pytest.param(1, marks=pytest.mark.slow), 4])
 def test_value_guided_beam_search_on_toy(beam):
     prompt = jnp.full((16,), T.PAD).at[0].set(T.BOS).at[1].set(T.SEP)
 
-    @jax.jit
+    @jit
     def run(keys):
         f = lambda k: S.step_beam_search(
             _toy_step,
@@ -157,6 +173,20 @@ def _np_soft_sc(answers, logps, mask, agg):
     return best
 
 
+def _np_soft_vote(answers, logps, mask, agg):
+    total = {}
+    for a, lp, m in zip(answers, logps, mask):
+        if a < 0:
+            continue
+        p = np.exp(lp[m > 0])
+        s = {"mean": p.mean(), "min": p.min(), "mean_log": np.exp(np.log(p).mean())}[agg]
+        total[a] = total.get(a, 0.0) + s
+    if not total:
+        return -1
+    best = max(total.values())
+    return next(a for a in answers if a >= 0 and np.isclose(total[a], best, rtol=1e-5))
+
+
 def _np_majority(answers):
     valid = [a for a in answers if a >= 0]
     if not valid:
@@ -178,6 +208,8 @@ def test_soft_self_consistency_and_majority_vote_match_numpy():
         for agg in ("mean", "min", "mean_log"):
             got = int(C.soft_self_consistency(answers, logps, mask, aggregation=agg))
             assert got == _np_soft_sc(answers, logps, mask, agg), (trial, agg)
+            got = int(C.soft_vote(answers, logps, mask, aggregation=agg))
+            assert got == _np_soft_vote(answers, logps, mask, agg), (trial, agg)
     assert int(C.majority_vote(np.array([-1, -1]))) == -1
     # vmap + jit over prompts
     ans = rng.integers(0, 3, (5, k))
@@ -202,3 +234,7 @@ def test_soft_sc_beats_majority_when_confident_sample_is_right():
     mask = np.ones_like(logps)
     assert int(C.majority_vote(answers)) == 2
     assert int(C.soft_self_consistency(answers, logps, mask)) == 1
+    # the weighted vote sums them: 0.9 + 0.8 = 1.7 > 0.3 + 0.35 + 0.2 = 0.85
+    assert int(C.soft_vote(answers, logps, mask)) == 1
+    # and reduces to majority vote when every sample is equally likely
+    assert int(C.soft_vote(answers, np.zeros_like(logps), mask)) == 2

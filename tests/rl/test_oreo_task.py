@@ -104,7 +104,7 @@ def test_masks_and_step_starts():
 
 
 def test_prompt_only_and_config_validation():
-    b = T.prompts(jax.random.key(4), CFG)
+    b = jax.jit(T.prompts, static_argnums=1)(jax.random.key(4), CFG)
     assert int(b.length) == T.prompt_length(4) and int(b.tokens[b.length]) == T.PAD
     with pytest.raises(ValueError, match="max_len"):
         T.TaskConfig(n_steps=10, max_len=20)

@@ -37,11 +37,37 @@ def test_value_init_copies_trunk_and_zero_head():
     cfg = TR.OreoConfig.quick()
     p = M.init_params(jax.random.key(0), cfg.model)
     v = TR.value_init(p, cfg)
-    np.testing.assert_array_equal(v["layers"]["wq"], p["layers"]["wq"])
-    assert float(jnp.abs(v["value_head"]["w"]).sum()) == 0.0 and "value_head" not in p
-    toks = jnp.arange(cfg.model.max_len) % 9
-    np.testing.assert_array_equal(jax.jit(M.values, static_argnums=2)(v, toks, cfg.model), 0.0)
+    head = v.pop("value_head")
+    jax.tree.map(np.testing.assert_array_equal, v, p)  # the whole trunk + LM head copied
+    assert v["layers"]["wq"] is not p["layers"]["wq"]  # a copy, not an alias
+    np.testing.assert_array_equal(head["w"], np.zeros(cfg.d_model))
+    assert float(head["b"]) == 0.0 and "value_head" not in p
     assert cfg.model.max_len >= 3 + 2 * 5 + 4 * 5 + 3  # holds the longer evaluation chains
+
+
+def test_tiny_pipeline_smoke():
+    """SFT -> sample offline data -> OREO (critic then actor) -> greedy evaluation, tiny sizes."""
+    cfg = TR.OreoConfig.quick(sft_steps=40, batch_size=16, k_samples=2)
+    tcfg = cfg.task_with(cfg.task.n_steps)
+    data, _ = TR.T.sft_batch(jax.random.key(0), 256, tcfg, cfg.p_err, cfg.p_confuse)
+    p0 = M.init_params(jax.random.key(1), cfg.model)
+    sft = TR.make_sft(cfg, steps=cfg.sft_steps, lr=cfg.sft_lr)
+    pol, ls = sft(jax.random.key(2), p0, data.tokens, data.prompt_len, data.length, jnp.ones(256))
+    ls = np.asarray(ls)
+    assert np.all(np.isfinite(ls)) and ls[-5:].mean() < 0.7 * ls[:5].mean()
+    prompts = TR.T.prompt_batch(jax.random.key(3), 8, tcfg)
+    off, _ = TR.collect(pol, prompts, jax.random.key(4), cfg, k=2, temperature=1.0)
+    assert off.tokens.shape == (16, cfg.model.max_len)
+    assert set(np.unique(off.reward)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(off.prompt_id, np.repeat(np.arange(8), 2))
+    oreo = TR.make_oreo(cfg, steps=2, step_level=False)
+    pol2, val, ls = oreo(jax.random.key(5), pol, TR.value_init(pol, cfg), pol, off)
+    assert np.all(np.isfinite(np.asarray(ls))) and ls.shape == (2, 3)
+    assert abs(float(ls[0, 2])) < 1e-6  # KL(pi || pi_ref) = 0 before the first actor step
+    assert float(jnp.abs(val["value_head"]["w"]).sum()) > 0.0  # the critic moved
+    assert not np.allclose(pol2["lm_head"], pol["lm_head"])  # so did the actor
+    g = float(TR.greedy_accuracy(pol2, prompts, cfg))
+    assert g in {i / 8 for i in range(9)}
 
 
 @pytest.mark.slow
@@ -58,6 +84,16 @@ def test_oreo_trainer_fits_values_of_a_fixed_policy():
     assert np.all(np.isfinite(ls))
     assert ls[-5:, 0].mean() < 0.2 * ls[:5, 0].mean()  # value loss
     np.testing.assert_allclose(ls[:, 2], 0.0, atol=1e-6)  # KL stays 0 with lr=0
+    # the critic-only fit regresses the same target
+    v2, vl = TR.make_value_fit(cfg, steps=60, lr=3e-3)(
+        jax.random.key(4), TR.value_init(p, cfg), p, p, data
+    )
+    vl = np.asarray(vl)
+    assert vl[-5:].mean() < 0.2 * vl[:5].mean()
+    b = float(TR.beam_accuracy(p, v2, prompts, jax.random.key(5), cfg, beam=2, n_steps=4))
+    assert 0.0 <= b <= 1.0
+    rank = TR.value_ranking(p, v2, prompts, jax.random.key(6), cfg, k=2)
+    assert abs(rank["corr_value_reward"]) <= 1.0 + 1e-6
 
 
 @pytest.mark.slow

@@ -12,6 +12,10 @@ sample computed from its own token probabilities, and picks the highest-scoring 
 
 Answers are integer ids; ``-1`` marks an unparseable sample, which never wins unless every
 sample is unparseable (then ``-1`` is returned).
+
+:func:`soft_vote` is our likelihood-weighted majority vote, not the paper's rule: each answer
+scores the sum of the Soft-SC scores of the samples that reach it,
+``answer = argmax_a sum_k [answer_k = a] s_k``; with every ``s_k = 1`` it is majority vote.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from jax.typing import ArrayLike
 
 Aggregation = Literal["mean", "min", "mean_log"]
 
-__all__ = ["majority_vote", "sample_scores", "soft_self_consistency"]
+__all__ = ["majority_vote", "sample_scores", "soft_self_consistency", "soft_vote"]
 
 
 def _check(answers: ArrayLike, logps: ArrayLike, mask: ArrayLike) -> tuple[Array, Array, Array]:
@@ -87,3 +91,27 @@ def soft_self_consistency(
     s = sample_scores(lp, m, aggregation=aggregation)
     s = jnp.where(a >= 0, s, -jnp.inf)
     return a[jnp.argmax(s)]
+
+
+def soft_vote(
+    answers: ArrayLike,
+    logps: ArrayLike,
+    mask: ArrayLike,
+    *,
+    aggregation: Aggregation = "mean",
+) -> Array:
+    """Likelihood-weighted vote: the answer whose samples' Soft-SC scores sum highest.
+
+    ``mean_log`` scores are negative, so they are exponentiated (a per-token geometric-mean
+    probability) before summing. Ties go to the earliest sample's answer.
+
+    Args, returns: as :func:`soft_self_consistency`.
+    """
+    a, lp, m = _check(answers, logps, mask)
+    s = sample_scores(lp, m, aggregation=aggregation)
+    if aggregation == "mean_log":
+        s = jnp.exp(s)
+    valid = a >= 0
+    total = jnp.sum(jnp.where((a[:, None] == a[None, :]) & valid[None, :], s[None, :], 0.0), 1)
+    total = jnp.where(valid, total, -jnp.inf)
+    return a[jnp.argmax(total)]

@@ -12,11 +12,14 @@ All functions are unbatched (one sequence ``[L]``); callers vmap.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import Array
+
+from jaxsel.rl.oreo._compile import FAST_COMPILE
 
 Params = dict[str, Any]
 
@@ -54,6 +57,11 @@ class DecoderConfig:
         return self.d_model // self.n_heads
 
 
+# jitted once per config (op by op, every random draw compiles its own program), without the
+# expensive XLA passes: it runs once, and its threefry draws are slow to optimise
+@functools.partial(
+    jax.jit, static_argnums=1, static_argnames="value_head", compiler_options=FAST_COMPILE
+)
 def init_params(key: Array, cfg: DecoderConfig, *, value_head: bool = False) -> Params:
     """Random decoder parameters; ``value_head=True`` adds a zero-initialised scalar head."""
     ks = jax.random.split(key, 9)

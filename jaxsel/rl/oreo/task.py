@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxsel.rl.oreo._compile import FAST_COMPILE
+
 PAD, BOS, EOS, SEP, SEMI, ANS, PLUS, MINUS, TIMES = range(9)
 NUM0 = 9  # token of the number 0; number k is token NUM0 + k
 MAX_MODULUS = 23
@@ -209,7 +211,8 @@ def sft_examples(
     return encode(x0, ops, operands, ys, cfg), n_wrong
 
 
-@functools.partial(jax.jit, static_argnames=("n", "cfg"))
+# data generation runs once per data set: compile fast (see _compile.py)
+@functools.partial(jax.jit, static_argnames=("n", "cfg"), compiler_options=FAST_COMPILE)
 def sft_batch(
     key: Array, n: int, cfg: TaskConfig, p_err: float | Array = 0.0, p_confuse: float | Array = 0.0
 ) -> tuple[Batch, Array]:
@@ -218,7 +221,7 @@ def sft_batch(
     return jax.vmap(f)(jax.random.split(key, n))
 
 
-@functools.partial(jax.jit, static_argnames=("n", "cfg"))
+@functools.partial(jax.jit, static_argnames=("n", "cfg"), compiler_options=FAST_COMPILE)
 def prompt_batch(key: Array, n: int, cfg: TaskConfig) -> Batch:
     """``n`` prompt-only buffers, jitted."""
     return jax.vmap(lambda k: prompts(k, cfg))(jax.random.split(key, n))

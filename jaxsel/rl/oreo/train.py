@@ -27,10 +27,12 @@ from jax import Array
 from jaxsel.rl.oreo import consistency, losses, search
 from jaxsel.rl.oreo import model as M
 from jaxsel.rl.oreo import task as T
+from jaxsel.rl.oreo._compile import FAST_COMPILE
 
 Params = dict[str, Any]
 
 __all__ = [
+    "FAST_COMPILE",
     "OfflineData",
     "OreoConfig",
     "beam_accuracy",
@@ -79,6 +81,14 @@ class OreoConfig:
     oreo_rounds: int = 3
     n_eval: int = 512
     n_eval_beam: int = 128  # beam search costs ~B^2 samples per prompt: evaluated on a prefix
+    # critic-only fit of the final policy's value for beam search (make_value_fit)
+    value_steps: int = 400
+    value_lr: float = 1e-3
+    value_prompts: int = 512
+    beam_temperature: float = 1.0
+    # compile without XLA's expensive backend passes: ~3x faster compiles, slower steps; for
+    # tests and the quick smoke run, where compilation dominates
+    fast_compile: bool = False
 
     @classmethod
     def quick(cls, **overrides: Any) -> OreoConfig:
@@ -98,6 +108,9 @@ class OreoConfig:
             batch_size=16,
             eval_long_steps=5,
             n_eval_beam=16,
+            value_steps=5,
+            value_prompts=32,
+            fast_compile=True,
         )
         small.update(overrides)
         return cls(**small)
@@ -126,6 +139,18 @@ class OfflineData(NamedTuple):
     length: Array
     reward: Array
     prompt_id: Array
+
+
+def _jit(cfg: OreoConfig, fn: Callable[..., Any], **kw: Any) -> Callable[..., Any]:
+    return jax.jit(fn, compiler_options=FAST_COMPILE if cfg.fast_compile else None, **kw)
+
+
+_reward_batch = jax.jit(jax.vmap(T.reward))
+
+
+@functools.cache
+def _jitted(fn: Callable[..., Any], fast: bool, static: tuple[str, ...]) -> Callable[..., Any]:
+    return jax.jit(fn, static_argnames=static, compiler_options=FAST_COMPILE if fast else None)
 
 
 def _adam(lr: float) -> optax.GradientTransformation:
@@ -168,7 +193,6 @@ def make_sft(cfg: OreoConfig, *, steps: int, lr: float) -> Callable[..., tuple[P
         per_seq = -jnp.sum(lp * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
         return jnp.mean(per_seq)
 
-    @jax.jit
     def train(
         key: Array, params: Params, tokens: Array, plen: Array, length: Array, weights: Array
     ) -> tuple[Params, Array]:
@@ -184,14 +208,13 @@ def make_sft(cfg: OreoConfig, *, steps: int, lr: float) -> Callable[..., tuple[P
         )
         return params, ls
 
-    return train
+    return _jit(cfg, train)
 
 
 # ---------------------------------------------------------------------------------------------
 # sampling offline data
 
 
-@functools.partial(jax.jit, static_argnames=("mcfg", "k", "temperature"))
 def _sample_k(params, tokens, plen, key, *, mcfg, k, temperature):
     step = lambda c, t, p: M.decode_step(params, c, t, p, mcfg)[::2]
 
@@ -208,7 +231,7 @@ def collect(
     params: Params, prompts: T.Batch, key: Array, cfg: OreoConfig, *, k: int, temperature: float
 ) -> tuple[OfflineData, search.Sample]:
     """``k`` sampled responses per prompt, scored 0/1 by the exact checker."""
-    out = _sample_k(
+    out = _jitted(_sample_k, cfg.fast_compile, ("mcfg", "k", "temperature"))(
         params,
         prompts.tokens,
         prompts.prompt_len,
@@ -219,7 +242,7 @@ def collect(
     )
     rep = lambda x: jnp.repeat(x, k, axis=0)
     plen = rep(prompts.prompt_len)
-    r = jax.jit(jax.vmap(T.reward))(out.tokens, plen, rep(prompts.answer))
+    r = _reward_batch(out.tokens, plen, rep(prompts.answer))
     pid = rep(jnp.arange(prompts.tokens.shape[0]))
     return OfflineData(out.tokens, plen, out.length, r, pid), out
 
@@ -257,7 +280,6 @@ def make_dpo(cfg: OreoConfig, *, steps: int) -> Callable[..., tuple[Params, Arra
         f = lambda a, b, c, e, m1, m2: losses.dpo_loss(a, b, c, e, m1, m2, beta=cfg.dpo_beta)
         return jnp.mean(jax.vmap(f)(lc, rc, lr_, rr, mc, mr))
 
-    @jax.jit
     def train(key, params, ref, data: OfflineData, chosen, rejected, valid):
         w = valid.astype(jnp.float32) + 1e-9
 
@@ -273,7 +295,7 @@ def make_dpo(cfg: OreoConfig, *, steps: int) -> Callable[..., tuple[Params, Arra
         )
         return params, ls
 
-    return train
+    return _jit(cfg, train)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +327,6 @@ def make_oreo(cfg: OreoConfig, *, steps: int, step_level: bool) -> Callable[...,
         kl = jnp.mean(jax.vmap(losses.kl_regularizer)(logits, rlogits, mask))
         return pl + alpha * kl, (pl, kl)
 
-    @jax.jit
     def train(key, policy, value, ref, data: OfflineData):
         def step(carry, k):
             pp, vp, sp, sv = carry
@@ -336,7 +357,43 @@ def make_oreo(cfg: OreoConfig, *, steps: int, step_level: bool) -> Callable[...,
         (policy, value, _, _), ls = jax.lax.scan(step, init, jax.random.split(key, steps))
         return policy, value, ls
 
-    return train
+    return _jit(cfg, train)
+
+
+@functools.cache
+def make_value_fit(cfg: OreoConfig, *, steps: int, lr: float) -> Callable[..., Any]:
+    """Critic-only OREO training (Eq. 8 with the policy held fixed) on offline samples.
+
+    The joint actor-critic run gives the critic as many updates as the actor, which leaves a
+    value too weak to rank partial solutions for beam search (it must tell a wrong intermediate
+    result from a right one). This fits the value of the *final* policy on samples of that
+    policy, with its own step count and learning rate; the policy is unchanged.
+    """
+    mcfg, opt = cfg.model, _adam(lr)
+
+    def loss_fn(vp, lp, rlp, d: OfflineData, mask):
+        v = jax.vmap(lambda t: M.values(vp, t, mcfg))(d.tokens)[:, :-1]
+        f = lambda a, b, c, r, m: losses.oreo_value_loss(a, b, c, r, m, beta=cfg.beta)
+        return jnp.mean(jax.vmap(f)(v, lp, rlp, d.reward, mask))
+
+    def train(key: Array, value: Params, policy: Params, ref: Params, data: OfflineData):
+        # the log-ratios are constants of the data: compute them once, not every step
+        lp, _ = _logps(policy, data.tokens, mcfg)
+        rlp, _ = _logps(ref, data.tokens, mcfg)
+        mask, _ = _masks(data.tokens, data.prompt_len, data.length)
+
+        def step(carry, k):
+            vp, s = carry
+            i = _minibatch(k, jnp.ones_like(data.reward), cfg.batch_size)
+            d = jax.tree.map(lambda x: x[i], data)
+            loss, g = jax.value_and_grad(loss_fn)(vp, lp[i], rlp[i], d, mask[i])
+            u, s = opt.update(g, s, vp)
+            return (optax.apply_updates(vp, u), s), loss
+
+        (value, _), ls = jax.lax.scan(step, (value, opt.init(value)), jax.random.split(key, steps))
+        return value, ls
+
+    return _jit(cfg, train)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +402,7 @@ def make_oreo(cfg: OreoConfig, *, steps: int, step_level: bool) -> Callable[...,
 
 def greedy_accuracy(params: Params, prompts: T.Batch, cfg: OreoConfig) -> Array:
     """Fraction of prompts solved by greedy decoding."""
-    out = _sample_k(
+    out = _jitted(_sample_k, cfg.fast_compile, ("mcfg", "k", "temperature"))(
         params,
         prompts.tokens,
         prompts.prompt_len,
@@ -354,11 +411,10 @@ def greedy_accuracy(params: Params, prompts: T.Batch, cfg: OreoConfig) -> Array:
         k=1,
         temperature=0.0,
     )
-    return jnp.mean(jax.jit(jax.vmap(T.reward))(out.tokens, prompts.prompt_len, prompts.answer))
+    return jnp.mean(_reward_batch(out.tokens, prompts.prompt_len, prompts.answer))
 
 
-@functools.partial(jax.jit, static_argnames=("mcfg", "beam", "max_steps", "chunk"))
-def _beam(policy, value, tokens, plen, key, *, mcfg, beam, max_steps, chunk):
+def _beam(policy, value, tokens, plen, key, *, mcfg, beam, max_steps, chunk, temperature):
     step = lambda c, t, p: M.decode_step(policy, c, t, p, mcfg)[::2]
     pre = lambda t: M.prefill(policy, t, mcfg)
     val = lambda t: M.values(value, t, mcfg)
@@ -366,7 +422,16 @@ def _beam(policy, value, tokens, plen, key, *, mcfg, beam, max_steps, chunk):
     def one(args):
         tok, pl, k = args
         return search.step_beam_search(
-            step, pre, val, tok, pl, k, beam_size=beam, max_steps=max_steps, max_step_tokens=5
+            step,
+            pre,
+            val,
+            tok,
+            pl,
+            k,
+            beam_size=beam,
+            max_steps=max_steps,
+            max_step_tokens=5,
+            temperature=temperature,
         )[0]
 
     keys = jax.random.split(key, tokens.shape[0])
@@ -382,9 +447,12 @@ def beam_accuracy(
     *,
     beam: int,
     n_steps: int,
+    temperature: float = 1.0,
 ) -> Array:
-    """Accuracy of value-guided step beam search with beam size ``beam``."""
-    toks = _beam(
+    """Accuracy of value-guided step beam search with beam size ``beam`` (expansions sampled at
+    ``temperature``)."""
+    static = ("mcfg", "beam", "max_steps", "chunk", "temperature")
+    toks = _jitted(_beam, cfg.fast_compile, static)(
         policy,
         value,
         prompts.tokens,
@@ -394,14 +462,47 @@ def beam_accuracy(
         beam=beam,
         max_steps=n_steps + 2,
         chunk=64,
+        temperature=temperature,
     )
-    return jnp.mean(jax.jit(jax.vmap(T.reward))(toks, prompts.prompt_len, prompts.answer))
+    return jnp.mean(_reward_batch(toks, prompts.prompt_len, prompts.answer))
+
+
+def _value_ranking(value, tokens, plen, length, reward, *, mcfg, k):
+    # state before the final <eos>: the last state OREO trains V on, the one beam search reads
+    v = jax.vmap(lambda t: M.values(value, t, mcfg))(tokens)
+    at = jnp.clip(length - 2, 0, tokens.shape[1] - 1)
+    v_end = jnp.take_along_axis(v, at[:, None], 1)[:, 0]
+    r = reward.reshape(-1, k)
+    pick = jnp.argmax(v_end.reshape(-1, k), -1)
+    chosen = jnp.take_along_axis(r, pick[:, None], 1)[:, 0]
+    vc, rc = v_end - jnp.mean(v_end), reward - jnp.mean(reward)
+    corr = jnp.sum(vc * rc) / jnp.sqrt(jnp.sum(vc**2) * jnp.sum(rc**2) + 1e-12)
+    return {
+        "best_of_k_by_value": jnp.mean(chosen),
+        "random_sample": jnp.mean(r),
+        "oracle_any_correct": jnp.mean(jnp.max(r, -1)),
+        "corr_value_reward": corr,
+    }
+
+
+def value_ranking(
+    policy: Params, value: Params, prompts: T.Batch, key: Array, cfg: OreoConfig, *, k: int
+) -> dict[str, float]:
+    """Does ``V`` rank samples better than chance? Best-of-``k`` by the value of the state
+    before ``<eos>`` vs a random sample vs the oracle, and the correlation of that value with the
+    0/1 reward, over ``k`` policy samples per prompt."""
+    data, _ = collect(policy, prompts, key, cfg, k=k, temperature=cfg.temperature)
+    out = _jitted(_value_ranking, cfg.fast_compile, ("mcfg", "k"))(
+        value, data.tokens, data.prompt_len, data.length, data.reward, mcfg=cfg.model, k=k
+    )
+    return {n: float(x) for n, x in out.items()}
 
 
 def self_consistency_accuracy(
     params: Params, prompts: T.Batch, key: Array, cfg: OreoConfig, *, k: int
 ) -> dict[str, float]:
-    """Majority vote vs Soft Self-Consistency (mean / min / mean-log) over ``k`` samples."""
+    """Majority vote vs Soft Self-Consistency (mean / min / mean-log; arXiv 2402.13212) and our
+    likelihood-weighted vote (:func:`consistency.soft_vote`) over ``k`` samples."""
     data, out = collect(params, prompts, key, cfg, k=k, temperature=cfg.temperature)
     mask, _ = _masks(data.tokens, data.prompt_len, data.length)
     answers = jax.vmap(T.answer_of)(data.tokens, data.prompt_len).reshape(-1, k)
@@ -411,6 +512,9 @@ def self_consistency_accuracy(
     for agg in ("mean", "min", "mean_log"):
         f = lambda a, l, m, agg=agg: consistency.soft_self_consistency(a, l, m, aggregation=agg)
         res[f"soft_sc_{agg}"] = jax.vmap(f)(answers, lp, mask)
+    for agg in ("mean", "min"):
+        f = lambda a, l, m, agg=agg: consistency.soft_vote(a, l, m, aggregation=agg)
+        res[f"soft_vote_{agg}"] = jax.vmap(f)(answers, lp, mask)
     return {name: float(jnp.mean(v == prompts.answer)) for name, v in res.items()}
 
 
@@ -428,8 +532,10 @@ def run_pipeline(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """SFT -> sample K per prompt -> {SFT, RFT, DPO, OREO token, OREO step, iterative OREO}
-    -> greedy accuracy on held-out prompts (training length and longer chains), value-guided
-    beam search, and majority vote vs Soft-SC.
+    -> greedy accuracy on held-out prompts (training length and longer chains); a critic-only
+    fit of the final OREO policy's value (:func:`make_value_fit`), how well each value ranks
+    samples (:func:`value_ranking`), value-guided beam search with the fitted value, and majority
+    vote vs Soft-SC on samples of the SFT and of the final OREO policy.
 
     ``checkpoint(name, make) -> tree`` lets a caller return a stored result of phase ``name``
     (resume) or call ``make()`` and store it; by default it just calls ``make()``. Every phase
@@ -454,8 +560,10 @@ def run_pipeline(
                 "beam",
                 "sc",
                 "init",
+                "value_fit",
+                "rank",
             ],
-            jax.random.split(key, 14),
+            jax.random.split(key, 16),
         )
     )
     mcfg = cfg.model
@@ -537,14 +645,43 @@ def run_pipeline(
     for name, p in models.items():
         res["greedy"][name] = float(greedy_accuracy(p, held, cfg))
         res["greedy_long"][name] = float(greedy_accuracy(p, long, cfg))
-    say("beam")
     best = "oreo_iter" if "oreo_iter" in models else "oreo"
+    say("value_fit")
+
+    def do_fit():
+        kf = ks["value_fit"]
+        pr = T.prompt_batch(jax.random.fold_in(kf, 0), cfg.value_prompts, tcfg)
+        d, _ = collect(
+            models[best],
+            pr,
+            jax.random.fold_in(kf, 1),
+            cfg,
+            k=cfg.k_samples,
+            temperature=cfg.temperature,
+        )
+        fit = make_value_fit(cfg, steps=cfg.value_steps, lr=cfg.value_lr)
+        return fit(jax.random.fold_in(kf, 2), values[best], models[best], sft_params, d)[0]
+
+    fitted = ck("value_fit", do_fit) if cfg.value_steps > 0 else values[best]
     nb = min(cfg.n_eval_beam, cfg.n_eval)
     held_b = jax.tree.map(lambda x: x[:nb], held)
+    # is the value any good at ranking finished samples? (chance = random_sample)
+    res["value_ranking"] = {
+        name: value_ranking(models[best], v, held_b, ks["rank"], cfg, k=cfg.k_samples)
+        for name, v in (("joint", values[best]), ("fitted", fitted))
+    }
+    say("beam")
     res["beam"] = {
         b: float(
             beam_accuracy(
-                models[best], values[best], held_b, ks["beam"], cfg, beam=b, n_steps=tcfg.n_steps
+                models[best],
+                fitted,
+                held_b,
+                ks["beam"],
+                cfg,
+                beam=b,
+                n_steps=tcfg.n_steps,
+                temperature=cfg.beam_temperature,
             )
         )
         for b in beams
@@ -552,6 +689,8 @@ def run_pipeline(
     res["greedy_beam_subset"] = float(greedy_accuracy(models[best], held_b, cfg))
     res["beam_policy"] = best
     say("sc")
-    res["self_consistency"] = self_consistency_accuracy(models["sft"], held, ks["sc"], cfg, k=sc_k)
-    res["self_consistency_policy"] = "sft"
+    res["self_consistency"] = {
+        name: self_consistency_accuracy(models[name], held, ks["sc"], cfg, k=sc_k)
+        for name in ("sft", best)
+    }
     return res
