@@ -9,9 +9,10 @@ What differs between jax 0.10.2 and 0.12 here, and between the device and the GP
   lowering (its layout inference cannot always guess them) but are not implemented by the CPU
   interpreter, which ignores layouts anyway. :func:`layout` and :func:`load_vector` apply them only
   when compiling for the device; the values are identical either way.
-- The interpreter cannot run ``wgmma`` on a ``plgpu.transpose_ref`` operand, so the kernels give
-  ``wgmma`` operands in the layout it consumes directly (``A [M, K]``, ``B [K, N]``); for 16-bit
-  types that is also what Hopper's wgmma reads natively (B "MN-major").
+- The interpreter cannot run ``wgmma`` on a transposed ref (``plgpu.transpose_ref`` /
+  ``ref.transpose``): :func:`matmul` multiplies those with ``lax.dot_general`` when interpreted.
+  Where the layout allows, kernels give wgmma ``A [M, K]`` and ``B [K, N]`` directly (B
+  "MN-major", which Hopper reads natively for 16-bit types), so the interpreter runs the wgmma.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ def check_16bit_on_device(dtype: Any, interpret: Any, op: str) -> None:
 def matmul(a_smem: Any, b_smem: Any, *, transpose_b: bool, interpret: Any) -> jax.Array:
     """``a @ b`` (or ``a @ b.T``) of two SMEM operands on wgmma, as an f32 ``[M, N]`` array.
 
-    On the device: ``plgpu.wgmma`` into a scoped accumulator; ``transpose_b`` reads ``b`` through
-    ``plgpu.transpose_ref`` (K-major B, wgmma's native layout). The CPU interpreter cannot run
+    On the device: ``plgpu.wgmma`` into a scoped accumulator; ``transpose_b`` reads ``b`` through a
+    transposed ref view (K-major B, wgmma's native layout). The CPU interpreter cannot run
     wgmma on a transposed ref, so there (and only there) the same SMEM contents are multiplied with
     ``lax.dot_general`` (exact f32 accumulation, as the reference).
     """
@@ -161,7 +162,8 @@ def matmul(a_smem: Any, b_smem: Any, *, transpose_b: bool, interpret: Any) -> ja
         return lax.dot_general(a_smem[...], b_smem[...], dims, preferred_element_type=jnp.float32)
 
     def body(acc: Any) -> jax.Array:
-        b = plgpu.transpose_ref(b_smem, (1, 0)) if transpose_b else b_smem
+        # ``ref.transpose`` is what ``plgpu.transpose_ref`` does in 0.10.2 (deprecated in 0.12).
+        b = b_smem.transpose((1, 0)) if transpose_b else b_smem
         plgpu.wgmma(acc, a_smem, b)
         return acc[...]
 

@@ -10,7 +10,7 @@ heads zero-padded to wgmma's M = 64, gathered keys transposed ``[d, block_b]``, 
 ``[block_b, d]``, validity ``[block_b]``), then ``S = Q K^T`` on wgmma (f32 accumulator), masked
 softmax statistics on registers, ``P`` (cast to v's dtype) stored to SMEM, ``O = P V`` on wgmma,
 and TMA copies of ``o, m, l`` back to HBM. The gather writes keys already transposed, so no
-``transpose_ref`` is needed (the CPU interpreter cannot run wgmma on one).
+transposed ref is needed (the CPU interpreter cannot run wgmma on one).
 
 Tested here: the kernel runs in the Mosaic GPU interpreter (``interpret=True`` / ``"gpu"``) on jax
 0.10.2 and 0.12 and matches the reference; it lowers for CUDA (``lowering_platforms=("cuda",)``,

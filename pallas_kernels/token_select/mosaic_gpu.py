@@ -3,11 +3,12 @@
 The pass that bounds a decode step is scoring: every cached key is read once. Grid
 ``(Hkv, N // block_kv)`` (named axes ``"h"``, ``"t"``), one warpgroup per block:
 
-1. TMA copies of the K tile ``[block_kv, d]`` of KV head ``h`` (a strided window of the
-   ``[N, Hkv, d]`` cache: never copied, padded or transposed; TMA tiles its ``(N, d)`` dims by
-   ``(8, swizzle)``, so the device path needs N a multiple of 8, else ``NotImplementedError``), the query group ``[64, d]`` (its G
-   heads zero-padded to wgmma's M = 64) and the tile's candidate flags ``[block_kv]``, on one barrier.
-2. ``S = Q K^T`` on wgmma (f32 accumulator; K read K-major through ``plgpu.transpose_ref``), masked
+1. TMA copies, on one barrier, of the K tile ``[block_kv, d]`` of KV head ``h`` (a strided
+   window of the ``[N, Hkv, d]`` cache: never copied, padded or transposed; TMA tiles its
+   ``(N, d)`` dims by ``(8, swizzle)``, so the device path needs N a multiple of 8, else
+   ``NotImplementedError``), the query group ``[64, d]`` (its G heads zero-padded to wgmma's
+   M = 64) and the tile's candidate flags ``[block_kv]``.
+2. ``S = Q K^T`` on wgmma (f32 accumulator; K read K-major through a transposed ref view), masked
    to ``-inf`` outside the middle candidates, scaled.
 3. The tile's per-head max ``m_t`` and rescaled sum ``l_t = sum exp(S - m_t)``; the G real rows of
    ``S`` (f32) and ``m_t, l_t`` go back to HBM by TMA.
@@ -22,8 +23,8 @@ votes is the plain-JAX radix select (:func:`pallas_kernels.topk_set`, ``"xla"``)
 Tested here: the kernel in the Mosaic GPU interpreter on jax 0.10.2 and 0.12 (identical indices to
 the reference), and the CUDA lowering of the device path (Mosaic GPU layout inference included) on
 a CPU-only machine. In the interpreter, step 2's ``Q K^T`` is a ``lax.dot_general`` on the same
-SMEM contents, because the interpreter cannot run wgmma on a ``transpose_ref`` operand; the
-device's wgmma call is lowered but never executed here. Untested without a GPU: the PTX compile,
+SMEM contents, because the interpreter cannot run wgmma on a transposed ref; the device's wgmma
+call is lowered but never executed here. Untested without a GPU: the PTX compile,
 running on an H100/H200, and speed. On the device, f32 caches are refused (``NotImplementedError``:
 wgmma would multiply them as tf32), so ``implementation=None`` uses XLA for them.
 """
