@@ -14,14 +14,20 @@ way, outside the timed region: deterministic actions ``squash(mean)`` on jaxsel'
 
 Differences that remain (documented, not hidden): rejax treats a time-limit truncation as terminal
 (no bootstrap), updates the actor before the critic, and under ``vmap`` its ``lax.cond`` warm-up
-guard becomes a select, so it also computes (and discards) updates during warm-up. sbx is not run:
-it depends on PyTorch, and its PyPI wheel pulls CUDA torch.
+guard becomes a select, so it also computes (and discards) updates during warm-up.
+
+sbx (SB3 in JAX, RL Zoo settings: 256x256 networks, learning_starts 100) runs in its own venv through
+``scripts/bench_sac_sbx.py`` (``--sbx-python``; skipped with a message when that venv is missing), one
+seed, in the same run. Its networks are larger than the 64x64 used for jaxsel and rejax, as RL Zoo
+has them; its ``compile_s`` is the first 200 steps (compile included) and ``run_s`` the remaining
+steady-state steps scaled to the full budget.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -43,6 +49,7 @@ class Args:
     seeds: tuple[int, ...] = (1, 8)
     eval_episodes: int = 10
     repeats: int = 2
+    sbx_python: str = "/tmp/venv-sbx/bin/python"
     peers: tuple[str, ...] = ("jaxsel", "rejax")
     out: str = "results/sac"
 
@@ -59,6 +66,7 @@ def parse_args() -> Args:
     p.add_argument(
         "--repeats", type=int, default=Args.repeats, help="timed runs per library (interleaved)"
     )
+    p.add_argument("--sbx-python", type=str, default=Args.sbx_python, help="'' to skip sbx")
     p.add_argument("--peers", nargs="+", default=list(Args.peers), choices=["jaxsel", "rejax"])
     p.add_argument("--out", type=str, default=Args.out)
     a = p.parse_args()
@@ -71,6 +79,7 @@ def parse_args() -> Args:
         tuple(a.seeds),
         a.eval_episodes,
         a.repeats,
+        a.sbx_python,
         tuple(a.peers),
         a.out,
     )
@@ -205,6 +214,7 @@ def main() -> None:
             out / "bench_sac.json",
             {"args": dataclasses.asdict(args), "rows": rows, "final_returns": curves},
         )
+    rows += run_sbx(args, out, curves)
     for n in args.seeds:
         by = {r["library"]: r for r in rows if r["seeds"] == n}
         if "jaxsel" in by and "rejax" in by:
@@ -220,6 +230,41 @@ def main() -> None:
     print(f"wrote {out / 'bench_sac.json'} and .png")
 
 
+def run_sbx(args: Args, out: Path, curves: dict) -> list[dict]:
+    """One sbx seed in its own venv (a subprocess), or nothing if that venv is missing."""
+    import subprocess
+    import sys
+
+    if not args.sbx_python or not Path(args.sbx_python).exists():
+        print(f"sbx skipped: no interpreter at {args.sbx_python!r} (see the module docstring)")
+        return []
+    print("running sbx x1 seed (its own venv) ...", flush=True)
+    path = out / "bench_sac_sbx.json"
+    script = Path(__file__).with_name("bench_sac_sbx.py")
+    cmd = [args.sbx_python, str(script), "--steps", str(args.total_timesteps), "--seeds", "0"]
+    cmd += ["--eval-episodes", str(args.eval_episodes), "--out", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        print(f"sbx failed (rc {done.returncode}):\n{done.stderr[-2000:]}", file=sys.stderr)
+        return []
+    res = json.loads(path.read_text())
+    r = res["runs"][0]
+    run_s = r["run_s"] * args.total_timesteps / r["steps_timed"]
+    curves["sbx_x1"] = [r["final_return"]]
+    return [
+        {
+            "library": f"sbx {res['sbx_version']} (RL Zoo, 256x256)",
+            "seeds": 1,
+            "compile_s": r["first_200_steps_s"],
+            "run_s": run_s,
+            "env_steps_per_s": args.total_timesteps / run_s,
+            "final_return_median": r["final_return"],
+            "final_return_min": r["final_return"],
+            "final_return_max": r["final_return"],
+        }
+    ]
+
+
 def _plot(path: Path, rows, curves) -> None:
     import matplotlib
 
@@ -227,12 +272,13 @@ def _plot(path: Path, rows, curves) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    labels = [f"{r['library']} x{r['seeds']}" for r in rows]
+    labels = [f"{r['library'].split(' ')[0]} x{r['seeds']}" for r in rows]
     ax1.bar(
         labels,
         [r["env_steps_per_s"] for r in rows],
-        color=["C0" if r["library"] == "jaxsel" else "C1" for r in rows],
+        color=[{"jaxsel": "C0", "rejax": "C1"}.get(r["library"], "C2") for r in rows],
     )
+    ax1.tick_params(axis="x", labelrotation=20)
     ax1.set_ylabel("environment steps / s (all seeds)")
     ax1.set_title("throughput (compile excluded)")
     for i, v in enumerate(curves.values()):
