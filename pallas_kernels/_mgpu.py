@@ -168,3 +168,14 @@ def matmul(a_smem: Any, b_smem: Any, *, transpose_b: bool, interpret: Any) -> ja
         return acc[...]
 
     return pl.run_scoped(body, plgpu.ACC((m, n), jnp.float32))
+
+
+def load_tile(ref: Any, interpret: Any) -> jax.Array:
+    """Reads a ``[m, n]`` SMEM ref (``m % 64 == 0``) into registers in the wgmma layout."""
+    if interpret:
+        return ref[...]
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    if len(inspect.signature(plgpu.load).parameters) > 3:
+        return plgpu.load(ref, (), layout=_layout("wgmma"))
+    return plgpu.load(ref, layout=_layout("wgmma"))

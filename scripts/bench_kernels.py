@@ -64,7 +64,7 @@ class Config:
     iters: int = 10
     impls: tuple[str, ...] = ()  # () = ("xla", the library's pick for the device)
     interpret: bool = False
-    topk_impls: tuple[str, ...] = ("xla_radix",)
+    topk_impls: tuple[str, ...] = ()  # () = xla_radix + the Pallas backends compared (--impls)
     out: str = "results/gpu/bench_kernels.json"
     seed: int = 0
 
@@ -140,8 +140,12 @@ def bench_one(cfg: Config, n: int) -> list[dict[str, Any]]:
     rows.append(
         _row("topk lax.approx_max_k", n, t_apx, speedup_vs_lax=t_lax.median_s / t_apx.median_s)
     )
-    for name in cfg.topk_impls:
-        t = time_fn(lambda a, m=name: topk(a, cfg.top_k, implementation=m), x, iters=it)
+    for name in cfg.topk_impls or ("xla_radix", *resolve_impls(cfg)[1:]):
+        interp = cfg.interpret and name not in ("xla", "xla_radix")
+        t = time_fn(
+            lambda a, m=name, i=interp: topk(a, cfg.top_k, implementation=m, interpret=i),
+            x, name=f"topk {name}", iters=it,
+        )  # fmt: skip
         rows.append(_row(f"topk {name}", n, t, speedup_vs_lax=t_lax.median_s / t.median_s))
 
     def dense(q, k, v, n_):

@@ -48,6 +48,20 @@ def _topk_mosaic_tpu(x: jax.Array, k: int, **kw: Any) -> tuple[jax.Array, jax.Ar
     return order_by_value(x, _set_mosaic_tpu(x, k, **kw))
 
 
+def _set_mosaic_gpu(
+    x: jax.Array, k: int, *, block_sizes: BlockSizes | None = None, interpret: Any = False
+) -> jax.Array:
+    from pallas_kernels.topk.mosaic_gpu import topk_set_mosaic_gpu
+
+    return _rows(
+        lambda f: topk_set_mosaic_gpu(f, k, block_sizes=block_sizes, interpret=interpret), x, k
+    )
+
+
+def _topk_mosaic_gpu(x: jax.Array, k: int, **kw: Any) -> tuple[jax.Array, jax.Array]:
+    return order_by_value(x, _set_mosaic_gpu(x, k, **kw))
+
+
 _TOPK: dict[str, Callable[..., Any]] = {
     "xla": xla.topk_xla,
     "xla_radix": xla.topk_xla_radix,
@@ -56,6 +70,9 @@ _TOPK_SET: dict[str, Callable[..., Any]] = {"xla": _set_xla, "xla_radix": _set_x
 if _compat.has_pallas_tpu():
     _TOPK["mosaic_tpu"] = _topk_mosaic_tpu
     _TOPK_SET["mosaic_tpu"] = _set_mosaic_tpu
+if _compat.has_mosaic_gpu():
+    _TOPK["mosaic_gpu"] = _topk_mosaic_gpu
+    _TOPK_SET["mosaic_gpu"] = _set_mosaic_gpu
 
 
 def topk(
@@ -77,9 +94,12 @@ def topk(
       x: ``[..., N]`` f32 / bf16 / f16.
       k: number of entries, ``0 < k <= N`` (static).
       implementation: ``"xla"`` (``lax.top_k``), ``"xla_radix"`` (radix select in plain JAX),
-        ``"mosaic_tpu"`` (Pallas kernel), or ``None`` for the best one on this device.
+        ``"mosaic_tpu"`` (Pallas kernel), ``"mosaic_gpu"`` (radix passes as a Mosaic GPU kernel;
+        ``block_rows`` a multiple of 64), or ``None`` for the best one on this device.
       block_sizes: tile sizes (:class:`BlockSizes`), defaults from the shape.
-      interpret: ``True`` / ``"tpu"`` / params object to run a Pallas backend interpreted on CPU.
+      interpret: run a Pallas backend interpreted on CPU: ``True`` (generic interpreter for
+        ``mosaic_tpu``, Mosaic GPU interpreter for ``mosaic_gpu``), ``"tpu"``, ``"gpu"``, or a
+        params object.
 
     Returns:
       ``(values [..., k] of x.dtype, indices [..., k] int32)``.

@@ -52,7 +52,11 @@ def kth_largest_key(keys: jax.Array, k: int, *, radix_bits: int = 4) -> jax.Arra
 
 def select_mask(keys: jax.Array, k: int, *, radix_bits: int = 4) -> jax.Array:
     """``[N]`` bool, true on exactly the top-``k`` keys (ties to the lower index)."""
-    t = kth_largest_key(keys, k, radix_bits=radix_bits)
+    return mask_above(keys, kth_largest_key(keys, k, radix_bits=radix_bits), k)
+
+
+def mask_above(keys: jax.Array, t: jax.Array, k: int) -> jax.Array:
+    """``[N]`` bool: the keys above the k-th largest key ``t``, then the lowest-index ties."""
     tie = keys == t
     need = k - jnp.sum(keys > t, dtype=jnp.int32)
     return (keys > t) | (tie & (jnp.cumsum(tie, dtype=jnp.int32) <= need))
