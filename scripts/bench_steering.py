@@ -1,15 +1,24 @@
 """Reward-vs-compute curves for diffusion steering, measured against exact tilted targets.
 
-Models: (a) GMM with the closed-form denoiser, (b) the same GMM learned by an MLP, (c) 8x8 digits with
-an MLP denoiser and a classifier-probability reward, (d) a Markov chain with the exact masked denoiser
-and (d') a tiny trained transformer. Methods: best-of-N (argmax), best-of-N with softmax(r / alpha)
-selection (importance resampling), SVDD-PM, SVDD-MC (GMM), FK steering (DIFF, adaptive ESS < k/2),
-SMC (DIFF, resample every step). For each budget n (particles / candidates / samples) and seed we
-report denoiser and reward calls per output sample, median and top-10% reward, naturalness (exact log
-p under the base model where known; a held-out density otherwise), diversity, distance to the exact
-tilted target (sliced Wasserstein for the GMM, KL for the chain), samples/s and compile time apart.
+Models: (a) GMM with the closed-form denoiser (also at extra tilts ``--lam-sweep``), (b) the same GMM
+learned by an MLP, (c) 8x8 digits with an MLP denoiser and a classifier-probability reward, (d) a
+Markov chain with the exact masked denoiser and (d') a tiny trained transformer.
 
-    nice -n 10 python scripts/bench_steering.py --models a,b,c,d --seeds 5
+Methods, each configured to target exp(lam r) p where its theory allows (alpha = 1 / lam):
+best-of-N argmax (``best_of_n``, independent of lam), best-of-N with softmax(lam r) selection
+(``bon_softmax``, sampling-importance-resampling), SVDD-PM (``svdd_pm``), SVDD-PM with alpha = 0
+(``svdd_pm_argmax``, the authors' default), SVDD-R with properly weighted chain resampling
+(``svdd_r``, chains x 4 candidates), SVDD with the exact soft value (``svdd_exact_soft_value``,
+oracle, model (a) only), SVDD-MC with a regressed value (``svdd_mc``, model (b)), FK steering
+(``fk_diff_ess``: DIFF, adaptive ESS < k/2) and SMC (DIFF, resample every step). For each budget n
+(particles / candidates / samples) and seed we report denoiser and reward calls per output
+sample, median, mean and top-10% reward, naturalness (exact log p under the base model where
+known; a held-out density otherwise), diversity, distance to the exact tilted target (sliced W1
+against the exact projected CDFs for the GMM; KL of the reward histogram and TV on sequences for
+the chain), samples/s and compile time apart.
+
+    nice -n 10 python scripts/bench_steering.py --models a --budgets 1,4,16,32 --skip-n1
+    nice -n 10 python scripts/bench_steering.py --models b,d --budgets 1,4,16,32 --skip-n1
 """
 
 from __future__ import annotations
@@ -30,20 +39,35 @@ from jaxsel.diffusion import toys, train
 
 OUT = Path("results/diffusion")
 GMM_W = jnp.array([1.0, 0.5])
+CHUNK = 64  # outputs per compiled call
 
 
 # ------------------------------------------------------------------------------------ metrics
 
 
-def sliced_wasserstein(
-    x: np.ndarray, y: np.ndarray, *, num_proj: int = 128, seed: int = 0
+def sliced_w1_to_gmm(
+    x: np.ndarray, target: toys.GMM, *, num_proj: int = 64, seed: int = 0
 ) -> float:
-    """Sliced 1-Wasserstein between equal-size point clouds (n, d), averaged over projections."""
+    """Sliced 1-Wasserstein between a point cloud (n, d) and a Gaussian mixture, exactly per slice.
+
+    Each projection u of the mixture is the 1D mixture sum_k pi_k N(u.mu_k, u'Sigma_k u), so
+    W1 = integral |F_emp(z) - F(z)| dz is computed against the exact CDF on a fine grid (no
+    reference-sample noise; the only noise is the n samples themselves, see ``noise floor``).
+    """
+    from scipy.special import ndtr
+
     rng = np.random.default_rng(seed)
     dirs = rng.normal(size=(num_proj, x.shape[1]))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    px, py = np.sort(x @ dirs.T, 0), np.sort(y @ dirs.T, 0)
-    return float(np.mean(np.abs(px - py)))
+    wts, mus, covs = (np.asarray(a, np.float64) for a in target)
+    z = np.linspace(-15.0, 15.0, 6001)
+    total = 0.0
+    for u in dirs:
+        m, sd = mus @ u, np.sqrt(np.einsum("i,kij,j->k", u, covs, u))
+        cdf = ndtr((z[:, None] - m) / sd) @ wts
+        emp = np.searchsorted(np.sort(x @ u), z, side="right") / len(x)
+        total += np.abs(emp - cdf).sum() * (z[1] - z[0])
+    return float(total / num_proj)
 
 
 def mean_pairwise_distance(x: np.ndarray) -> float:
@@ -59,19 +83,42 @@ def hamming_diversity(x: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------ methods
 
 
-def methods(lam: float, *, value=None):
-    """name -> (budget n -> function(key, params, process, reward) -> SteeringResult)."""
+def svdd_r_shape(n: int) -> tuple[int, int]:
+    """(chains, candidates) with chains x candidates = n: 4 candidates per chain from n = 8 on."""
+    m = 4 if n >= 8 else max(n // 2, 1)
+    return n // m, m
+
+
+def methods(lam: float, *, value=None, soft_value=None):
+    """name -> (budget n -> function(key, params, process, reward) -> SteeringResult).
+
+    Every method is configured to target exp(lam r) p where its theory allows: softmax / SVDD
+    temperature alpha = 1 / lam, FK / SMC potentials with lam. ``best_of_n`` (argmax) and
+    ``svdd_pm_argmax`` (alpha = 0, the SVDD authors' default) do not depend on lam at all.
+    """
     alpha = 1.0 / lam
+
+    def svdd_r(n):
+        c, m = svdd_r_shape(n)
+        return partial(D.svdd, num_candidates=m, num_chains=c, alpha=alpha, batch_resample_lam=lam)
+
     m = {
         "best_of_n": lambda n: partial(D.best_of_n, num_samples=n),
         "bon_softmax": lambda n: partial(D.best_of_n, num_samples=n, alpha=alpha),
         "svdd_pm": lambda n: partial(D.svdd, num_candidates=n, alpha=alpha),
+        "svdd_pm_argmax": lambda n: partial(D.svdd, num_candidates=n, alpha=0.0),
+        "svdd_r": svdd_r,
         "fk_diff_ess": lambda n: partial(D.fk_steering, num_particles=n, lam=lam, adaptive=True),
         "smc": lambda n: partial(D.smc, num_particles=n, lam=lam),
     }
     if value is not None:
         vfn, vparams = value
         m["svdd_mc"] = lambda n: partial(
+            D.svdd, num_candidates=n, alpha=alpha, value_fn=vfn, value_params=vparams
+        )
+    if soft_value is not None:  # oracle: the exact soft value SVDD's theory asks for
+        vfn, vparams = soft_value
+        m["svdd_exact_soft_value"] = lambda n: partial(
             D.svdd, num_candidates=n, alpha=alpha, value_fn=vfn, value_params=vparams
         )
     return m
@@ -90,11 +137,12 @@ def run_model(
     metric_fn,
     method_names=None,
     value=None,
+    soft_value=None,
     skip_n1=False,
 ):
     """Runs every method x budget x seed; returns rows and, per method, the n=16 samples of seed 0."""
     rows, keep = [], {}
-    ms = methods(lam, value=value)
+    ms = methods(lam, value=value, soft_value=soft_value)
     if method_names:
         ms = {k: v for k, v in ms.items() if k in method_names}
     bar = tqdm(total=len(ms) * len(budgets), desc=name)
@@ -105,14 +153,18 @@ def run_model(
                 continue
             fn = make(n)
             run = jax.jit(jax.vmap(lambda k, fn=fn: fn(k, params, process, reward_fn)))
-            keys0 = jax.random.split(jax.random.key(0), num_runs)
+            # XLA:CPU compile time grows with the vmapped batch: compile one chunk, call it often
+            chunk = min(num_runs, CHUNK)
+            if num_runs % chunk:
+                raise ValueError(f"runs ({num_runs}) must be a multiple of {chunk}")
             t0 = time.perf_counter()
-            compiled = run.lower(keys0).compile()
+            compiled = run.lower(jax.random.split(jax.random.key(0), chunk)).compile()
             compile_s = time.perf_counter() - t0
             for seed in range(seeds):
                 keys = jax.random.split(jax.random.key(1000 + seed), num_runs)
                 t0 = time.perf_counter()
-                res = jax.block_until_ready(compiled(keys))
+                parts = [compiled(kb) for kb in keys.reshape(num_runs // chunk, chunk)]
+                res = jax.block_until_ready(jax.tree.map(lambda *a: jnp.concatenate(a), *parts))
                 wall = time.perf_counter() - t0
                 x = np.asarray(res.sample)
                 r = np.asarray(jax.vmap(reward_fn)(res.sample))
@@ -124,6 +176,7 @@ def run_model(
                     "denoiser_calls": float(np.mean(res.denoiser_calls)),
                     "reward_calls": float(np.mean(res.reward_calls)),
                     "value_calls": float(np.mean(res.value_calls)),
+                    "lam": lam,
                     "reward_median": float(np.median(r)),
                     "reward_top10": float(np.quantile(r, 0.9)),
                     "reward_mean": float(np.mean(r)),
@@ -168,15 +221,14 @@ def gmm_setup(learned: bool, lam: float, num_steps: int):
     target = toys.gmm_tilt_linear(gmm, GMM_W, lam)
 
     def metric_fn(x, seed):
-        ref = np.asarray(toys.gmm_sample(jax.random.key(77 + seed), target, len(x)))
         lp = np.asarray(jax.vmap(lambda v: toys.gmm_log_prob(gmm, v))(jnp.asarray(x)))
         return {
-            "sliced_w1_to_target": sliced_wasserstein(x, ref),
+            "sliced_w1_to_target": sliced_w1_to_gmm(x, target),
             "naturalness_logp": float(np.mean(lp)),
             "diversity": mean_pairwise_distance(x),
         }
 
-    value = None
+    value = soft_value = None
     if learned:
         try:
             vparams = train.load_asset("gmm_value")
@@ -184,7 +236,27 @@ def gmm_setup(learned: bool, lam: float, num_steps: int):
             value = (vfn, vparams)
         except FileNotFoundError:
             pass
-    return params, proc, toys.linear_reward(GMM_W), metric_fn, target, value
+    else:
+
+        def soft(g, x, n):
+            return toys.gmm_soft_value_linear(g, x, sched.alpha_bars[n], GMM_W, lam)
+
+        soft_value = (soft, gmm)
+    return params, proc, toys.linear_reward(GMM_W), metric_fn, target, value, soft_value
+
+
+def gmm_noise_floor(target, num: int, seeds: int) -> float:
+    """Median sliced W1 of ``num`` exact target draws: the best any sampler can score."""
+    return float(
+        np.median(
+            [
+                sliced_w1_to_gmm(
+                    np.asarray(toys.gmm_sample(jax.random.key(900 + s), target, num)), target
+                )
+                for s in range(seeds)
+            ]
+        )
+    )
 
 
 def chain_setup(learned: bool, lam: float, num_steps: int, length: int):
@@ -259,7 +331,13 @@ def plot_curves(summary, path: Path, metric: str = "reward_median"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted({s["model"] for s in summary})
+    models = sorted(
+        m
+        for m in {s["model"] for s in summary}
+        if len({s["n"] for s in summary if s["model"] == m}) > 1
+    )
+    if not models:
+        return
     extra = {
         "a_gmm_exact": "sliced_w1_to_target",
         "b_gmm_mlp": "sliced_w1_to_target",
@@ -286,6 +364,37 @@ def plot_curves(summary, path: Path, metric: str = "reward_median"):
         axes[0, j].set_ylabel(metric)
         axes[1, j].set_xlabel("denoiser calls per sample")
         axes[0, j].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_lam_sweep(summary, floors, n: int, path: Path):
+    """Sliced W1 to the exact tilted target at budget n, per method and tilt lambda."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [s for s in summary if s["model"].startswith("a_gmm_exact") and s["n"] == n]
+    lams = sorted({s["lam"] for s in rows})
+    meths = sorted({s["method"] for s in rows})
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(lams)
+    for i, lam in enumerate(lams):
+        vals = [
+            next(
+                (s["sliced_w1_to_target"] for s in rows if s["lam"] == lam and s["method"] == m), 0
+            )
+            for m in meths
+        ]
+        ax.bar(np.arange(len(meths)) + i * width, vals, width, label=f"lambda={lam:g}")
+    for f in floors.values():
+        ax.axhline(f, color="k", lw=0.5, ls=":")
+    ax.set_xticks(np.arange(len(meths)) + 0.4 - width / 2, meths, rotation=20, fontsize=7)
+    ax.set_ylabel(f"sliced W1 to exact target (n={n})")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -356,6 +465,32 @@ def main() -> None:
     p.add_argument(
         "--lam", type=float, default=1.0, help="tilt for the GMM (target exp(lam w.x) p)"
     )
+    p.add_argument(
+        "--lam-sweep",
+        type=str,
+        default="0.5,2",
+        help="extra GMM tilts for model (a), run at --sweep-budget only ('' to skip)",
+    )
+    p.add_argument("--sweep-budget", type=int, default=16)
+    p.add_argument(
+        "--a-methods",
+        type=str,
+        default="best_of_n,bon_softmax,svdd_pm,svdd_r,fk_diff_ess",
+        help="methods of the lambda = --lam curve on (a)",
+    )
+    p.add_argument(
+        "--sweep-methods",
+        type=str,
+        default="best_of_n,svdd_pm,fk_diff_ess",
+        help="methods of the extra tilts on (a)",
+    )
+    p.add_argument(
+        "--a-extra-methods",
+        type=str,
+        default="smc,svdd_pm_argmax,svdd_exact_soft_value",
+        help="methods run on (a) at --sweep-budget and lambda = --lam only",
+    )
+    p.add_argument("--gmm-runs", type=int, default=1024, help="independent outputs per seed on (a)")
     p.add_argument("--chain-lam", type=float, default=1.0)
     p.add_argument("--chain-length", type=int, default=6)
     p.add_argument("--digit", type=int, default=3)
@@ -379,6 +514,7 @@ def main() -> None:
     small_methods = tuple(a.small_methods.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
     all_rows = []
+    extra: dict = {}
 
     stem = "".join(sorted(models))
 
@@ -386,7 +522,12 @@ def main() -> None:
         summary = summarise(all_rows)
         _bench.write_json(
             a.out / f"bench_steering_{stem}.json",
-            {"config": vars(a) | {"out": str(a.out)}, "summary": summary, "rows": all_rows},
+            {
+                "config": vars(a) | {"out": str(a.out)},
+                **extra,
+                "summary": summary,
+                "rows": all_rows,
+            },
         )
         plot_curves(summary, a.out / f"reward_curves_{stem}.png")
         cols = [
@@ -395,9 +536,12 @@ def main() -> None:
             "n",
             "denoiser_calls",
             "reward_calls",
+            "lam",
             "reward_median",
+            "reward_mean",
             "reward_top10",
             "sliced_w1_to_target",
+            "tv_sequences",
             "kl_count_hist",
             "naturalness_logp",
             "naturalness_heldout_gmm_ll",
@@ -413,22 +557,67 @@ def main() -> None:
             flush=True,
         )
 
-    for tag, learned in (("a_gmm_exact", False), ("b_gmm_mlp", True)):
-        if tag[0] not in models:
-            continue
-        params, proc, reward, metric_fn, target, value = gmm_setup(learned, a.lam, a.steps)
+    if "a" in models:
+        sweep = [float(v) for v in a.lam_sweep.split(",") if v]
+        floors = {}
+        for lam in [a.lam, *sweep]:
+            tag = "a_gmm_exact" if lam == a.lam else f"a_gmm_exact_lam{lam:g}"
+            params, proc, reward, metric_fn, target, _, soft = gmm_setup(False, lam, a.steps)
+            floors[tag] = gmm_noise_floor(target, a.gmm_runs, a.seeds)
+            extra["noise_floor_sliced_w1"] = floors
+            print(f"{tag}: noise floor (exact target draws) sliced W1 = {floors[tag]:.3f}")
+            rows, keep = run_model(
+                tag,
+                params,
+                proc,
+                reward,
+                lam=lam,
+                budgets=budgets if lam == a.lam else [a.sweep_budget],
+                seeds=a.seeds,
+                num_runs=a.gmm_runs,
+                metric_fn=metric_fn,
+                soft_value=soft,
+                method_names=tuple((a.a_methods if lam == a.lam else a.sweep_methods).split(",")),
+                skip_n1=a.skip_n1,
+            )
+            if lam == a.lam and a.a_extra_methods:
+                more, keep_more = run_model(
+                    tag,
+                    params,
+                    proc,
+                    reward,
+                    lam=lam,
+                    budgets=[a.sweep_budget],
+                    seeds=a.seeds,
+                    num_runs=a.gmm_runs,
+                    metric_fn=metric_fn,
+                    soft_value=soft,
+                    method_names=tuple(a.a_extra_methods.split(",")),
+                )
+                rows += more
+                keep.update(keep_more)
+            all_rows += rows
+            if lam == a.lam:
+                plot_gmm_scatter(
+                    keep, target, a.out / f"gmm_scatter_{tag}.png", f"{tag}, lambda={lam}"
+                )
+            save(tag)
+        plot_lam_sweep(summarise(all_rows), floors, a.sweep_budget, a.out / "gmm_lam_sweep.png")
+    if "b" in models:
+        tag = "b_gmm_mlp"
+        params, proc, reward, metric_fn, target, value, _ = gmm_setup(True, a.lam, a.steps)
         rows, keep = run_model(
             tag,
             params,
             proc,
             reward,
             lam=a.lam,
-            budgets=budgets if not learned else small,
+            budgets=small,
             seeds=a.seeds,
             num_runs=a.runs,
             metric_fn=metric_fn,
             value=value,
-            method_names=small_methods if learned else None,
+            method_names=small_methods,
             skip_n1=a.skip_n1,
         )
         all_rows += rows

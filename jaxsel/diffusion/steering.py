@@ -51,7 +51,7 @@ class SteeringResult(NamedTuple):
     rewards: (P,) r of the final population. denoiser_calls, reward_calls, value_calls: int32 counts
     of single-sample evaluations. num_resamples: resampling events. nonfinite_rewards: how many reward
     evaluations were NaN/inf (treated as -inf). log_normalizer: SMC estimate of log E_p[exp(lam r)]
-    (FK only; 0 elsewhere).
+    (FK, SMC and weighted SVDD-R; 0 elsewhere), unbiased on the exp scale.
     """
 
     sample: Array
@@ -75,6 +75,10 @@ def _normalised(log_weights: Array) -> Array:
     # All -inf (every reward NaN) would give NaN probabilities; fall back to uniform instead.
     lw = jnp.where(jnp.all(jnp.isneginf(log_weights)), 0.0, log_weights)
     return lw - jax.nn.logsumexp(lw)
+
+
+def _finite_or_uniform(log_weights: Array) -> Array:
+    return jnp.where(jnp.all(jnp.isneginf(log_weights)), 0.0, log_weights)
 
 
 def effective_sample_size(log_weights: Array) -> Array:
@@ -135,6 +139,20 @@ def _check_reward(reward_fn: RewardFn, x: Array) -> None:
         )
     if not jnp.issubdtype(out.dtype, jnp.floating) and not jnp.issubdtype(out.dtype, jnp.integer):
         raise ValueError(f"reward_fn must return a real number, got dtype {out.dtype}")
+
+
+def _check_finite_param(name: str, value: float) -> None:
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {name}={value!r}")
+
+
+def _check_value_fn(value_fn: Callable, value_params: Any, x: Array, n: Array) -> None:
+    out = jax.eval_shape(value_fn, value_params, jax.ShapeDtypeStruct(x.shape, x.dtype), n)
+    if getattr(out, "shape", None) != ():
+        raise ValueError(
+            f"value_fn must return a scalar for one sample of shape {x.shape}; got shape "
+            f"{getattr(out, 'shape', type(out).__name__)}"
+        )
 
 
 def _rewards(reward_fn: RewardFn, xs: Array) -> tuple[Array, Array]:
@@ -206,7 +224,7 @@ def best_of_n(
     Cost: N T denoiser calls, N reward calls.
     """
     _check_count("num_samples", num_samples)
-    if alpha < 0:
+    if not alpha >= 0:  # also rejects NaN
         raise ValueError(f"alpha must be >= 0, got {alpha=}")
     k_init, k_run, k_pick = jax.random.split(key, 3)
     x = jax.vmap(process.init)(jax.random.split(k_init, num_samples))
@@ -274,20 +292,37 @@ def svdd(
 
     The last step scores candidates with the true reward r(x_0). Targets exp(r / alpha) p_pre.
 
-    ``batch_resample_lam`` (SVDD-R, our reading): after selection the ``num_chains`` chains are also
-    resampled (multinomial) with DIFF weights exp(lam (v_t - v_{t+1})), moving compute to good chains.
-    Cost with PM: about M T denoiser and M T reward calls per chain.
+    ``batch_resample_lam`` (SVDD-R, our reading): the ``num_chains`` chains also carry log weights
+    and are resampled (multinomial) after every step. Picking candidate m* with probability q_m* out
+    of M draws from p_pre is properly weighted by the random weight
+
+        w = exp(lam (v_m* - v_prev)) / (M q_m*),
+
+    which for ``alpha = 1 / lam`` is the candidates' mean (1/M) sum_m exp(lam (v_m - v_prev)). The
+    last step scores with r(x0), so the weights telescope and the weighted chains target
+    exp(lam r) p as ``num_chains`` grows for ANY value (PM included); ``sample`` is drawn from the
+    final weights. With ``alpha = 0`` (q_m* = 1) this is only a heuristic. Without it, SVDD targets
+    exp(r / alpha) p only when v is the soft value alpha log E[exp(r(x0) / alpha) | x_t] and M is
+    large; SVDD-PM's r(x0_hat(x_t)) stands in for E[r(x0) | x_t] (equal for a linear r), the
+    alpha -> inf limit of that value, so it under-rates states whose posterior still spreads over
+    high-reward regions; SVDD-PM is therefore biased at finite alpha.
+
+    Cost with PM: 1 + M (T - 1) denoiser and M T reward calls per chain.
     """
     _check_count("num_candidates", num_candidates)
     _check_count("num_chains", num_chains)
-    if alpha < 0:
+    if not alpha >= 0:  # also rejects NaN
         raise ValueError(f"alpha must be >= 0, got {alpha=}")
     if value_fn is not None and value_params is None:
         raise ValueError("value_fn needs value_params (SVDD-MC)")
+    if batch_resample_lam is not None:
+        _check_finite_param("batch_resample_lam", batch_resample_lam)
     C, M, T = num_chains, num_candidates, process.num_steps
     k_init, k_run, k_pick = jax.random.split(key, 3)
     x = jax.vmap(process.init)(jax.random.split(k_init, C))
     _check_reward(reward_fn, x[0])
+    if value_fn is not None:
+        _check_value_fn(value_fn, value_params, x[0], jnp.asarray(T))
     out = _pop_model(process, params, x, jnp.asarray(T))
 
     def propose(k, x, n, out):
@@ -299,11 +334,20 @@ def svdd(
     def select(k, v):
         v = v.reshape(C, M)
         if alpha == 0.0:
-            return jnp.argmax(v, axis=1)
-        return jax.random.categorical(k, jax.vmap(_normalised)(v / alpha), axis=1)
+            return jnp.argmax(v, axis=1), jnp.zeros((C,))
+        logq = jax.vmap(_normalised)(v / alpha)
+        m = jax.random.categorical(k, logq, axis=1)
+        return m, jnp.take_along_axis(logq, m[:, None], axis=1)[:, 0]
+
+    weighted = batch_resample_lam is not None and C > 1
+
+    def reweight(logw, v_sel, v_prev, logq_sel):
+        # random-weight proper weighting of the SIR selection (see docstring)
+        inc = batch_resample_lam * (v_sel - v_prev) - jnp.log(M) - logq_sel
+        return logw + jnp.where(jnp.isfinite(inc), inc, -jnp.inf)  # NaN value: zero weight
 
     def body(carry, inp):
-        x, out, v_prev, counts = carry
+        x, out, v_prev, logw, log_z, counts = carry
         n, k = inp
         k_prop, k_sel, k_res = jax.random.split(k, 3)
         xc = propose(k_prop, x, n, out)
@@ -317,43 +361,56 @@ def svdd(
             bad = jnp.sum(~jnp.isfinite(v)).astype(jnp.int32)
             v = jnp.where(jnp.isfinite(v), v, -jnp.inf)
             d_den, d_rew, d_val = C, 0, C * M
-        idx = jnp.arange(C) * M + select(k_sel, v)
+        m, logq_sel = select(k_sel, v)
+        idx = jnp.arange(C) * M + m
         x_new, v_sel = xc[idx], v[idx]
         out_new = (
             _take(outc, idx) if value_fn is None else _pop_model(process, params, x_new, n - 1)
         )
         n_res = _i32(0)
-        if batch_resample_lam is not None and C > 1:
-            anc = multinomial_resample(k_res, batch_resample_lam * (v_sel - v_prev))
+        if weighted:
+            logw = reweight(logw, v_sel, v_prev, logq_sel)
+            log_z = log_z + jax.nn.logsumexp(_finite_or_uniform(logw)) - jnp.log(C)
+            anc = multinomial_resample(k_res, logw)
             x_new, out_new, v_sel = _take((x_new, out_new, v_sel), anc)
+            logw = jnp.zeros((C,))
             n_res = _i32(1)
         counts = counts + jnp.stack([_i32(d_den), _i32(d_rew), _i32(d_val), n_res, bad])
-        return (x_new, out_new, v_sel, counts), None
+        return (x_new, out_new, v_sel, logw, log_z, counts), None
 
     counts0 = jnp.array([C, 0, 0, 0, 0], jnp.int32)
     ns = jnp.arange(T, 1, -1)
     keys = jax.random.split(k_run, T)
-    (x, out, _v_prev, counts), _ = lax.scan(
-        body, (x, out, jnp.zeros((C,)), counts0), (ns, keys[: T - 1])
+    zeros = jnp.zeros((C,))
+    (x, out, v_prev, logw, log_z, counts), _ = lax.scan(
+        body, (x, out, zeros, zeros, jnp.zeros(()), counts0), (ns, keys[: T - 1])
     )
     # Last step: candidates are clean samples, scored by the reward itself.
     k_prop, k_sel = jax.random.split(keys[T - 1])
     xc = propose(k_prop, x, jnp.asarray(1), out)
     r, bad = _rewards(reward_fn, xc)
-    idx = jnp.arange(C) * M + select(k_sel, r)
+    m, logq_sel = select(k_sel, r)
+    idx = jnp.arange(C) * M + m
     x, r = xc[idx], r[idx]
     counts = counts + jnp.array([0, C * M, 0, 0, 0], jnp.int32) + bad * jnp.array([0, 0, 0, 0, 1])
+    if weighted:
+        logw = reweight(logw, r, v_prev, logq_sel)
+        log_z = log_z + jax.nn.logsumexp(_finite_or_uniform(logw)) - jnp.log(C)
+    logw = _normalised(logw)
+    pick = (
+        jax.random.categorical(k_pick, logw) if weighted else jax.random.randint(k_pick, (), 0, C)
+    )
     res = SteeringResult(
-        sample=x[jax.random.randint(k_pick, (), 0, C)],
+        sample=x[pick],
         population=x,
-        log_weights=jnp.full((C,), -jnp.log(C)),
+        log_weights=logw,
         rewards=r,
         denoiser_calls=counts[0],
         reward_calls=counts[1],
         value_calls=counts[2],
         num_resamples=counts[3],
         nonfinite_rewards=counts[4],
-        log_normalizer=jnp.zeros(()),
+        log_normalizer=log_z,
     )
     return _finish(res, check_finite)
 
@@ -402,8 +459,10 @@ def potential_log(potential: str, lam: float, r: Array, state: _FKState) -> tupl
         log_g = lam * r
     else:
         raise ValueError(f"unknown potential {potential!r}; expected one of {POTENTIALS}")
-    # -inf - -inf (a NaN reward seen twice) must stay -inf, not NaN.
-    log_g = jnp.where(jnp.isneginf(r), -jnp.inf, log_g)
+    # A NaN/inf reward is a zero weight. When every particle had one, resampling fell back to
+    # uniform and the -inf stays in the statistics; any non-finite log G (-inf - -inf, r - -inf)
+    # therefore means zero weight too, never NaN or +inf.
+    log_g = jnp.where(jnp.isneginf(r) | ~jnp.isfinite(log_g), -jnp.inf, log_g)
     return log_g, (r, r_max, r_sum)
 
 
@@ -440,6 +499,7 @@ def fk_steering(
         raise ValueError(f"unknown resampling method {resampling!r}; expected one of {RESAMPLERS}")
     if not 0.0 < ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in (0, 1], got {ess_threshold=}")
+    _check_finite_param("lam", lam)
     k_, T = num_particles, process.num_steps
     if resample_mask is None:
         resample_mask = np.ones((T,), bool)
@@ -505,7 +565,8 @@ def fk_steering(
     # Last step: clean samples, terminal potential makes the ancestral product exp(lam r(x0)).
     x0 = _pop_step(process, keys[T - 1], state.x, jnp.asarray(1), state.out)
     r, bad = _rewards(reward_fn, x0)
-    log_g = jnp.where(jnp.isneginf(r), -jnp.inf, lam * r - state.log_applied)
+    log_g = lam * r - state.log_applied
+    log_g = jnp.where(jnp.isneginf(r) | ~jnp.isfinite(log_g), -jnp.inf, log_g)
     logw = state.logw + log_g
     log_z = log_z + jax.nn.logsumexp(logw) - jnp.log(k_)
     logw = _normalised(logw)

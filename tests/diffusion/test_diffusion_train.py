@@ -13,14 +13,14 @@ from jaxsel import diffusion as D
 from jaxsel.diffusion import toys, train
 
 
-def test_networks_shapes_and_vmap():
+def test_networks_shapes_and_vmap(fast_jit):
     p = train.mlp_init(jax.random.key(0), 3, hidden=16, depth=2)
     out = jax.vmap(train.mlp_apply, in_axes=(None, 0, 0))(
         p, jnp.ones((5, 3)), jnp.linspace(0, 1, 5)
     )
     assert out.shape == (5, 3)
     tp = train.transformer_init(jax.random.key(1), 6, 4, width=16, depth=1)
-    logits = jax.jit(train.transformer_apply)(tp, jnp.array([4, 0, 1, 4, 2, 3]), 0.5)
+    logits = fast_jit(train.transformer_apply)(tp, jnp.array([4, 0, 1, 4, 2, 3]), 0.5)
     assert logits.shape == (6, 4) and bool(jnp.all(jnp.isfinite(logits)))
 
 

@@ -44,10 +44,10 @@ def test_predict_x0_from_eps_inverts_forward():
         D.predict_x0(eps, xt, ab, prediction="v")
 
 
-def test_ddpm_gmm_moments_match_mixture():
+def test_ddpm_gmm_moments_match_mixture(fast_jit):
     g = toys.default_gmm()
     proc = D.vp_process(toys.gmm_denoiser, D.vp_schedule(40), (2,))
-    xs = jax.jit(jax.vmap(lambda k: D.sample(k, g, proc)))(
+    xs = fast_jit(jax.vmap(lambda k: D.sample(k, g, proc)))(
         jax.random.split(jax.random.key(0), 3000)
     )
     mean, cov = toys.gmm_moments(g)
@@ -59,7 +59,9 @@ def test_ddpm_gmm_moments_match_mixture():
     np.testing.assert_allclose(np.bincount(quad, minlength=4) / len(quad), g.weights, atol=0.04)
 
 
-def test_eps_prediction_gives_same_samples_as_x0_prediction():
+@pytest.mark.slow
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_eps_prediction_gives_same_samples_as_x0_prediction(eta, fast_jit):
     g = toys.default_gmm()
     sched = D.vp_schedule(12)
 
@@ -68,20 +70,19 @@ def test_eps_prediction_gives_same_samples_as_x0_prediction():
         return (x - jnp.sqrt(ab) * toys.gmm_denoiser(params, x, t)) / jnp.sqrt(1 - ab)
 
     keys = jax.random.split(jax.random.key(3), 8)
-    for eta in (1.0, 0.0):
-        p0 = D.vp_process(toys.gmm_denoiser, sched, (2,), eta=eta)
-        pe = D.vp_process(eps_fn, sched, (2,), prediction="eps", eta=eta)
-        a = jax.jit(jax.vmap(lambda k, p=p0: D.sample(k, g, p)))(keys)
-        b = jax.jit(jax.vmap(lambda k, p=pe: D.sample(k, g, p)))(keys)
-        np.testing.assert_allclose(a, b, atol=2e-3)
+    p0 = D.vp_process(toys.gmm_denoiser, sched, (2,), eta=eta)
+    pe = D.vp_process(eps_fn, sched, (2,), prediction="eps", eta=eta)
+    both = fast_jit(jax.vmap(lambda k: (D.sample(k, g, p0), D.sample(k, g, pe))))
+    a, b = both(keys)
+    np.testing.assert_allclose(a, b, atol=2e-3)
 
 
-def test_masked_step_probabilities():
+def test_masked_step_probabilities(fast_jit):
     V, mask = 3, 3
     logits = jnp.array([[0.2, 1.0, -0.5], [0.0, 0.0, 0.0]])
     z = jnp.array([mask, 1])
     t, s = 0.6, 0.4
-    draws = jax.jit(jax.vmap(lambda k: D.masked_step(k, z, logits, t, s, mask_id=mask)))(
+    draws = fast_jit(jax.vmap(lambda k: D.masked_step(k, z, logits, t, s, mask_id=mask)))(
         jax.random.split(jax.random.key(0), 20000)
     )
     p = np.exp(logits[0]) / np.exp(logits[0]).sum()
@@ -95,11 +96,11 @@ def test_masked_step_probabilities():
         D.masked_step(jax.random.key(1), z, logits[0], t, s, mask_id=mask)
 
 
-def test_masked_sampler_with_exact_marginals_recovers_chain():
+def test_masked_sampler_with_exact_marginals_recovers_chain(fast_jit):
     chain = toys.default_chain()
     L, V = 3, 4
     proc = D.masked_process(toys.chain_denoiser, 24, L, V)
-    xs = jax.jit(jax.vmap(lambda k: D.sample(k, chain, proc)))(
+    xs = fast_jit(jax.vmap(lambda k: D.sample(k, chain, proc)))(
         jax.random.split(jax.random.key(0), 4000)
     )
     seqs = toys.enumerate_sequences(V, L)
