@@ -179,3 +179,13 @@ def load_tile(ref: Any, interpret: Any) -> jax.Array:
     if len(inspect.signature(plgpu.load).parameters) > 3:
         return plgpu.load(ref, (), layout=_layout("wgmma"))
     return plgpu.load(ref, layout=_layout("wgmma"))
+
+
+def require_gpu(interpret: Any, op: str) -> None:
+    """Compiling a Mosaic GPU kernel needs a GPU: elsewhere ``NotImplementedError`` (so dispatch
+    falls back to XLA) unless the kernel is interpreted."""
+    if not interpret and jax.default_backend() != "gpu":
+        raise NotImplementedError(
+            f"{op}: mosaic_gpu compiles for a GPU, the default backend is "
+            f"{jax.default_backend()!r} (pass interpret=True to run it interpreted)"
+        )

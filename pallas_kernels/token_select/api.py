@@ -115,7 +115,14 @@ def _mosaic_tpu(
     )
 
 
-def _mosaic_gpu(
+def _mosaic_gpu(q: jax.Array, k: jax.Array, kv_len: Any, **kw: Any) -> tuple[jax.Array, jax.Array]:
+    from pallas_kernels import _mgpu
+
+    _mgpu.require_gpu(_mgpu.interpret_params(kw["interpret"]), "token_select")
+    return mosaic_gpu_select(q, k, kv_len, **kw)
+
+
+def mosaic_gpu_select(
     q: jax.Array,
     k: jax.Array,
     kv_len: Any,

@@ -51,8 +51,10 @@ def _topk_mosaic_tpu(x: jax.Array, k: int, **kw: Any) -> tuple[jax.Array, jax.Ar
 def _set_mosaic_gpu(
     x: jax.Array, k: int, *, block_sizes: BlockSizes | None = None, interpret: Any = False
 ) -> jax.Array:
+    from pallas_kernels import _mgpu
     from pallas_kernels.topk.mosaic_gpu import topk_set_mosaic_gpu
 
+    _mgpu.require_gpu(_mgpu.interpret_params(interpret), "topk")
     return _rows(
         lambda f: topk_set_mosaic_gpu(f, k, block_sizes=block_sizes, interpret=interpret), x, k
     )

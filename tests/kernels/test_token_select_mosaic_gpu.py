@@ -133,7 +133,7 @@ def test_lowers_for_cuda_at_paper_shapes():
     s = jax.ShapeDtypeStruct
     kw = dict(scale=1.0, vote_pool=1, gqa_mapping="group", axis_name=None, block_sizes=None)
     txt = lowers_for_cuda(  # the whole mosaic_gpu path (kernel, votes, radix top-k), no dispatch
-        lambda q, k, n: ts_api._mosaic_gpu(
+        lambda q, k, n: ts_api.mosaic_gpu_select(
             q, k, n, top_k=2048, n_sink=128, n_local=512, interpret=False, **kw
         ),
         s((32, 128), jnp.bfloat16), s((8192 + 72, 8, 128), jnp.bfloat16), s((), jnp.int32),
