@@ -492,6 +492,9 @@ def main() -> None:
     )
     p.add_argument("--gmm-runs", type=int, default=1024, help="independent outputs per seed on (a)")
     p.add_argument("--chain-lam", type=float, default=1.0)
+    p.add_argument(
+        "--chain-models", type=str, default="exact,transformer", help="which (d) denoisers"
+    )
     p.add_argument("--chain-length", type=int, default=6)
     p.add_argument("--digit", type=int, default=3)
     p.add_argument("--digits-lam", type=float, default=10.0)
@@ -624,7 +627,9 @@ def main() -> None:
         plot_gmm_scatter(keep, target, a.out / f"gmm_scatter_{tag}.png", f"{tag}, lambda={a.lam}")
         save(tag)
     if "d" in models:
-        for tag, learned in (("d_chain_exact", False), ("d_chain_transformer", True)):
+        chains = {"exact": ("d_chain_exact", False), "transformer": ("d_chain_transformer", True)}
+        for name in a.chain_models.split(","):
+            tag, learned = chains[name]
             params, proc, reward, metric_fn = chain_setup(
                 learned, a.chain_lam, 2 * a.chain_length, a.chain_length
             )

@@ -335,15 +335,27 @@ def test_nonfinite_rewards_raise_or_become_minus_inf(gmm_setup, fast_jit):
 
 @pytest.mark.slow
 def test_fk_converges_to_exact_tilted_gmm(fast_jit):
-    """Many particles: FK's weighted population matches the closed-form tilted mixture's mean."""
+    """Many particles: FK's weighted population matches the tilted law of its base sampler.
+
+    FK targets exp(lam r) p_T where p_T is the T-step sampler's own law; the reference is a plain
+    self-normalised importance estimate over 16384 unsteered draws of the same sampler. With
+    T = 30 the tilt amplifies the discretisation error of p_T in the rare high-reward mode, so
+    the closed-form continuous-time target is only checked loosely.
+    """
     g = toys.default_gmm()
     proc = D.vp_process(toys.gmm_denoiser, D.vp_schedule(30), (2,))
     lam = 1.0
-    target_mean, _ = toys.gmm_moments(toys.gmm_tilt_linear(g, W, lam))
     run = fast_jit(
         jax.vmap(lambda k: D.fk_steering(k, g, proc, REWARD, num_particles=128, lam=lam))
     )
     res = run(jax.random.split(jax.random.key(0), 32))
-    w = np.exp(np.asarray(res.log_weights))
+    w = np.exp(np.asarray(res.log_weights, np.float64))
     mean = np.einsum("rk,rkd->d", w, np.asarray(res.population)) / w.sum()
-    np.testing.assert_allclose(mean, target_mean, atol=0.2)
+    base = fast_jit(jax.vmap(lambda k: D.sample(k, g, proc)))
+    keys = jax.random.split(jax.random.key(9), 16384).reshape(64, 256)
+    xs = np.concatenate([np.asarray(base(kb), np.float64) for kb in keys])
+    iw = np.exp(lam * xs @ np.asarray(W, np.float64))
+    snis = iw @ xs / iw.sum()
+    np.testing.assert_allclose(mean, snis, atol=0.15)
+    target_mean, _ = toys.gmm_moments(toys.gmm_tilt_linear(g, W, lam))
+    np.testing.assert_allclose(mean, target_mean, atol=0.3)
