@@ -45,6 +45,7 @@ def test_calibrate_batch_norm_changes_only_statistics():
     assert float(jnp.abs(cal.bn[0].mean - state.bn[0].mean).max()) > 0.05
 
 
+@pytest.mark.slow  # ~16 CPU-s of compile; the im2col conv gradients are checked in test_rules
 def test_backprop_control_runs_and_learns():
     d = data.load_digits()
     cfg = nets.digits_preset(8)
