@@ -34,15 +34,15 @@ def _mosaic_tpu(q, k, v, indices, valid, *, scale, gqa_mapping, block_sizes, int
 
 
 def _mosaic_gpu(q, k, v, indices, valid, *, scale, gqa_mapping, block_sizes, interpret):
-    from pallas_kernels.sparse_decode.mosaic_gpu import (
-        default_block_sizes,
-        sparse_decode_mosaic_gpu,
-    )
+    from pallas_kernels import _mgpu
+    from pallas_kernels.sparse_decode import mosaic_gpu
 
-    return sparse_decode_mosaic_gpu(
+    interp = _mgpu.interpret_params(interpret)
+    _mgpu.require_gpu(interp, "sparse_decode_attention")
+    bs = block_sizes or mosaic_gpu.default_block_sizes(indices.shape[0], q.shape[-1])
+    return mosaic_gpu.sparse_decode_mosaic_gpu(
         q, k, v, indices, valid, scale=resolve_scale(scale, q.shape[-1]),
-        gqa_mapping=gqa_mapping, block_sizes=block_sizes or default_block_sizes(indices.shape[0]),
-        interpret=interpret,
+        gqa_mapping=gqa_mapping, block_sizes=bs, interpret=interpret,
     )  # fmt: skip
 
 

@@ -84,9 +84,11 @@ def _split_kernel(
     plgpu.wait_smem_to_gmem(0)
 
 
-def default_block_sizes(b: int) -> BlockSizes:
-    """Splits of 64..256 tokens (wgmma's N and the swizzled K tile need multiples of 64)."""
-    return BlockSizes(block_b=min(256, max(64, -(-b // 64) * 64)))
+def default_block_sizes(b: int, d: int = 128) -> BlockSizes:
+    """Splits of 64..256 tokens (wgmma's N and the swizzled K tile need multiples of 64); 128 for
+    d > 128 so that K, V, P and O tiles stay within Hopper's 227 KiB of SMEM per block."""
+    cap = 256 if d <= 128 else 128
+    return BlockSizes(block_b=min(cap, max(64, -(-b // 64) * 64)))
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "gqa_mapping", "block_sizes", "interpret"))
