@@ -26,7 +26,7 @@ MCFG = M.DecoderConfig(
 
 @functools.cache
 def _params():
-    return M.init_params(jax.random.key(0), MCFG), M.init_params(
+    return M.init_params_jit(jax.random.key(0), MCFG), M.init_params_jit(
         jax.random.key(1), MCFG, value_head=True
     )
 

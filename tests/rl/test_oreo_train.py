@@ -35,7 +35,7 @@ def test_dpo_pairs_pick_first_correct_and_first_wrong():
 
 def test_value_init_copies_trunk_and_zero_head():
     cfg = TR.OreoConfig.quick()
-    p = M.init_params(jax.random.key(0), cfg.model)
+    p = M.init_params_jit(jax.random.key(0), cfg.model)
     v = TR.value_init(p, cfg)
     head = v.pop("value_head")
     jax.tree.map(np.testing.assert_array_equal, v, p)  # the whole trunk + LM head copied
@@ -50,7 +50,7 @@ def test_tiny_pipeline_smoke():
     cfg = TR.OreoConfig.quick(sft_steps=40, batch_size=16, k_samples=2)
     tcfg = cfg.task_with(cfg.task.n_steps)
     data, _ = TR.T.sft_batch(jax.random.key(0), 256, tcfg, cfg.p_err, cfg.p_confuse)
-    p0 = M.init_params(jax.random.key(1), cfg.model)
+    p0 = M.init_params_jit(jax.random.key(1), cfg.model)
     sft = TR.make_sft(cfg, steps=cfg.sft_steps, lr=cfg.sft_lr)
     pol, ls = sft(jax.random.key(2), p0, data.tokens, data.prompt_len, data.length, jnp.ones(256))
     ls = np.asarray(ls)
@@ -74,7 +74,7 @@ def test_tiny_pipeline_smoke():
 def test_oreo_trainer_fits_values_of_a_fixed_policy():
     """With pi == pi_ref the log-ratios vanish and Eq. 8 regresses V(s_t) onto the reward."""
     cfg = TR.OreoConfig.quick(batch_size=32, critic_lr=3e-3, lr=0.0)
-    p = M.init_params(jax.random.key(0), cfg.model)
+    p = M.init_params_jit(jax.random.key(0), cfg.model)
     prompts = TR.T.prompt_batch(jax.random.key(1), 32, cfg.task_with(cfg.task.n_steps))
     data, _ = TR.collect(p, prompts, jax.random.key(2), cfg, k=2, temperature=1.0)
     data = data._replace(reward=jnp.ones_like(data.reward))
@@ -94,6 +94,22 @@ def test_oreo_trainer_fits_values_of_a_fixed_policy():
     assert 0.0 <= b <= 1.0
     rank = TR.value_ranking(p, v2, prompts, jax.random.key(6), cfg, k=2)
     assert abs(rank["corr_value_reward"]) <= 1.0 + 1e-6
+
+
+@pytest.mark.slow
+def test_make_train_vmaps_over_seeds():
+    """``make_train(cfg) -> train(key)``: vmap over seeds == one run per seed."""
+    cfg = TR.OreoConfig.quick(sft_steps=10, rl_steps=2, sft_examples=64, n_prompts=4, n_eval=8)
+    train = TR.make_train(cfg)
+    keys = jax.random.split(jax.random.key(0), 2)
+    both = jax.jit(jax.vmap(train))(keys)
+    one = jax.jit(train)
+    for i in range(2):
+        single = one(keys[i])
+        np.testing.assert_allclose(both.sft_loss[i], single.sft_loss, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(both.oreo_loss[i], single.oreo_loss, rtol=2e-3, atol=2e-4)
+        assert float(both.greedy_oreo[i]) == float(single.greedy_oreo)
+    assert not np.allclose(both.sft_loss[0], both.sft_loss[1])  # seeds differ
 
 
 @pytest.mark.slow

@@ -1,10 +1,16 @@
 """A small Llama-family decoder (RMSNorm, RoPE, SwiGLU, causal attention) as pure functions.
 
-Written here because ``jaxsel.models`` (issue 4) had not landed when OREO was built; the parameter
-layout follows the Llama checkpoint layout (``embed``, per-layer ``attn_norm/wq/wk/wv/wo/
-mlp_norm/w_gate/w_up/w_down`` stacked on a leading layer axis, ``final_norm``, ``lm_head``) so it
-can move to ``jaxsel.models`` unchanged. The OREO value model is the same trunk with a
-zero-initialised scalar head (``value_head``), as in arXiv 2412.16145 Sec. 4.
+Why this is separate from ``jaxsel.models``: it was written before ``jaxsel.models`` landed, and
+the OREO results in ``results/oreo/`` were measured with it. ``jaxsel.models.decoder`` now has
+everything OREO needs (``forward(..., return_hidden=True)`` for the value head,
+``forward_chunk(..., return_hidden=True)`` for cached one-token decoding), so the move needs no
+change there: this module's ``init_params / forward / decode_step / prefill`` become thin
+adapters over ``decoder.init_params / forward / forward_chunk`` (cache ``[L, N, Hkv, d]``,
+``layers`` a list instead of a stacked pytree) and the benchmark is re-run. The parameter layout
+here already follows the Llama checkpoint names (``embed``, per-layer ``attn_norm/wq/wk/wv/wo/
+mlp_norm/w_gate/w_up/w_down`` stacked on a leading layer axis, ``final_norm``, ``lm_head``). The
+OREO value model is the same trunk with a zero-initialised scalar head (``value_head``), as in
+arXiv 2412.16145 Sec. 4.
 
 All functions are unbatched (one sequence ``[L]``); callers vmap.
 """
@@ -12,7 +18,6 @@ All functions are unbatched (one sequence ``[L]``); callers vmap.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -29,6 +34,7 @@ __all__ = [
     "forward",
     "init_cache",
     "init_params",
+    "init_params_jit",
     "prefill",
     "token_logps",
     "values",
@@ -57,11 +63,6 @@ class DecoderConfig:
         return self.d_model // self.n_heads
 
 
-# jitted once per config (op by op, every random draw compiles its own program), without the
-# expensive XLA passes: it runs once, and its threefry draws are slow to optimise
-@functools.partial(
-    jax.jit, static_argnums=1, static_argnames="value_head", compiler_options=FAST_COMPILE
-)
 def init_params(key: Array, cfg: DecoderConfig, *, value_head: bool = False) -> Params:
     """Random decoder parameters; ``value_head=True`` adds a zero-initialised scalar head."""
     ks = jax.random.split(key, 9)
@@ -86,6 +87,14 @@ def init_params(key: Array, cfg: DecoderConfig, *, value_head: bool = False) -> 
     if value_head:
         p["value_head"] = {"w": jnp.zeros((d,)), "b": jnp.zeros(())}
     return p
+
+
+# Top-level use only (``compiler_options`` cannot be nested in jit/vmap; there, call
+# ``init_params``). Op by op every random draw compiles its own program, and with the default
+# XLA passes the threefry draws take ~9 s of CPU to compile: it runs once, so compile it fast.
+init_params_jit = jax.jit(
+    init_params, static_argnums=1, static_argnames="value_head", compiler_options=FAST_COMPILE
+)
 
 
 def _rms(x: Array, w: Array, eps: float) -> Array:

@@ -211,7 +211,8 @@ def sft_examples(
     return encode(x0, ops, operands, ys, cfg), n_wrong
 
 
-# data generation runs once per data set: compile fast (see _compile.py)
+# data generation runs once per data set: compile fast (see _compile.py). Top-level helpers: XLA
+# options cannot be nested, so inside jit/vmap use ``jax.vmap(sft_examples)`` / ``prompts``.
 @functools.partial(jax.jit, static_argnames=("n", "cfg"), compiler_options=FAST_COMPILE)
 def sft_batch(
     key: Array, n: int, cfg: TaskConfig, p_err: float | Array = 0.0, p_confuse: float | Array = 0.0

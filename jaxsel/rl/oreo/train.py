@@ -35,6 +35,7 @@ __all__ = [
     "FAST_COMPILE",
     "OfflineData",
     "OreoConfig",
+    "TrainOut",
     "beam_accuracy",
     "collect",
     "dpo_pairs",
@@ -42,9 +43,12 @@ __all__ = [
     "make_dpo",
     "make_oreo",
     "make_sft",
+    "make_train",
+    "make_value_fit",
     "run_pipeline",
     "self_consistency_accuracy",
     "value_init",
+    "value_ranking",
 ]
 
 
@@ -519,6 +523,61 @@ def self_consistency_accuracy(
 
 
 # ---------------------------------------------------------------------------------------------
+# purejaxrl-style: one seed = one key, the whole SFT -> sample -> OREO run in one program
+
+
+class TrainOut(NamedTuple):
+    """What :func:`make_train`'s ``train(key)`` returns (leading seed axis when vmapped)."""
+
+    sft: Params
+    policy: Params
+    value: Params
+    sft_loss: Array  # [sft_steps]
+    oreo_loss: Array  # [rl_steps, 3]: value loss, policy loss, KL
+    offline_reward: Array  # mean 0/1 reward of the SFT samples OREO learns from
+    greedy_sft: Array  # held-out greedy accuracy
+    greedy_oreo: Array
+
+
+def make_train(cfg: OreoConfig, *, step_level: bool = False) -> Callable[[Array], TrainOut]:
+    """``make_train(cfg) -> train(key)``: SFT data -> SFT -> K samples per prompt -> OREO.
+
+    ``train`` is a pure function of the PRNG key, so ``jax.jit(jax.vmap(train))(keys)`` trains
+    one independent run per seed in a single program (the baselines and test-time search of the
+    benchmark stay in :func:`run_pipeline`).
+    """
+    # the caller jits the whole program: XLA options cannot be set on nested jits
+    cfg = dataclasses.replace(cfg, fast_compile=False)
+    tcfg = cfg.task_with(cfg.task.n_steps)
+    sft = make_sft(cfg, steps=cfg.sft_steps, lr=cfg.sft_lr)
+    oreo = make_oreo(cfg, steps=cfg.rl_steps, step_level=step_level)
+
+    def train(key: Array) -> TrainOut:
+        ks = jax.random.split(key, 7)
+        examples = lambda k: T.sft_examples(k, tcfg, p_err=cfg.p_err, p_confuse=cfg.p_confuse)
+        data, _ = jax.vmap(examples)(jax.random.split(ks[0], cfg.sft_examples))
+        p0 = M.init_params(ks[1], cfg.model)
+        w = jnp.ones((cfg.sft_examples,))
+        sft_p, sft_loss = sft(ks[2], p0, data.tokens, data.prompt_len, data.length, w)
+        prompts = jax.vmap(lambda k: T.prompts(k, tcfg))(jax.random.split(ks[3], cfg.n_prompts))
+        off, _ = collect(sft_p, prompts, ks[4], cfg, k=cfg.k_samples, temperature=cfg.temperature)
+        pol, val, oreo_loss = oreo(ks[5], sft_p, value_init(sft_p, cfg), sft_p, off)
+        held = jax.vmap(lambda k: T.prompts(k, tcfg))(jax.random.split(ks[6], cfg.n_eval))
+        return TrainOut(
+            sft_p,
+            pol,
+            val,
+            sft_loss,
+            oreo_loss,
+            jnp.mean(off.reward),
+            greedy_accuracy(sft_p, held, cfg),
+            greedy_accuracy(pol, held, cfg),
+        )
+
+    return train
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole experiment
 
 
@@ -573,7 +632,7 @@ def run_pipeline(
 
     def do_sft():
         data, _ = T.sft_batch(ks["sft_data"], cfg.sft_examples, tcfg, cfg.p_err, cfg.p_confuse)
-        p0 = M.init_params(ks["init"], mcfg)
+        p0 = M.init_params_jit(ks["init"], mcfg)
         w = jnp.ones((cfg.sft_examples,))
         sft = make_sft(cfg, steps=cfg.sft_steps, lr=cfg.sft_lr)
         return sft(ks["sft"], p0, data.tokens, data.prompt_len, data.length, w)[0]
