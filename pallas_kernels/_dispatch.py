@@ -7,6 +7,8 @@ Rules (shared by every op's ``api.py``):
   ``"triton"`` which need their device, or ``interpret=`` to run on CPU.
 - ``implementation=None`` picks the best registered backend for the default device and falls back to
   ``"xla"`` with a one-time warning when there is none or it raises ``NotImplementedError``.
+  Backends in ``NOT_DEFAULT_UNTIL_VALIDATED`` (``mosaic_gpu`` until it has run on hardware) are
+  only used when named.
 - An explicitly requested backend that cannot run raises, naming the backend and why.
 """
 
@@ -27,6 +29,12 @@ _PREFERENCE: dict[str, tuple[str, ...]] = {
     "tpu": ("mosaic_tpu",),
     "cpu": (),
 }
+
+#: Backends that ``implementation=None`` does not pick yet: written and checked in the Mosaic GPU
+#: interpreter and by lowering for CUDA, but never compiled or run on a GPU (no device was available
+#: while they were written). Request them by name; drop them from this set once
+#: ``scripts/device_check.sh`` has passed on Hopper.
+NOT_DEFAULT_UNTIL_VALIDATED: frozenset[str] = frozenset({"mosaic_gpu"})
 
 #: Implementations that are plain JAX and run on every platform.
 PORTABLE: frozenset[str] = frozenset({"xla", "xla_radix"})
@@ -93,7 +101,11 @@ def dispatch(
                     f"default backend is {here!r} (pass interpret=True to run it interpreted)"
                 )
         return registry[implementation](*args, **kwargs)
-    preferred = _PREFERENCE.get(default_backend_kind(), ())
+    preferred = tuple(
+        n
+        for n in _PREFERENCE.get(default_backend_kind(), ())
+        if n not in NOT_DEFAULT_UNTIL_VALIDATED
+    )
     for name in preferred:
         if name in registry:
             try:

@@ -3,6 +3,8 @@ interpreter on CPU (natively on a GPU) against ``lax.top_k`` / NumPy; CUDA lower
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,12 +79,21 @@ def test_dispatch_rules(monkeypatch):
             pk.topk(x, 3, implementation="mosaic_gpu")
     with pytest.raises(ValueError, match="multiple of 64"):
         pk.topk(x, 3, implementation="mosaic_gpu", interpret=True, block_sizes=BlockSizes(8))
-    # implementation=None on a GPU picks mosaic_gpu.
+    # implementation=None on a GPU:
     calls = []
     monkeypatch.setattr(_dispatch, "default_backend_kind", lambda: "gpu")
     monkeypatch.setitem(
         topk_api._TOPK, "mosaic_gpu", lambda x, k, **kw: calls.append(k) or topk_reference(x, k)
     )
+    # Not yet run on hardware, so implementation=None does not pick it ...
+    assert "mosaic_gpu" in _dispatch.NOT_DEFAULT_UNTIL_VALIDATED
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _, i = pk.topk(x, 3)
+    assert calls == []
+    np.testing.assert_array_equal(np.asarray(i), [499, 498, 497])
+    # ... and once validated (the set emptied), it is the GPU default.
+    monkeypatch.setattr(_dispatch, "NOT_DEFAULT_UNTIL_VALIDATED", frozenset())
     _, i = pk.topk(x, 3)
     assert calls == [3]
     np.testing.assert_array_equal(np.asarray(i), [499, 498, 497])
