@@ -101,18 +101,18 @@ def dispatch(
                     f"default backend is {here!r} (pass interpret=True to run it interpreted)"
                 )
         return registry[implementation](*args, **kwargs)
-    preferred = tuple(
-        n
-        for n in _PREFERENCE.get(default_backend_kind(), ())
-        if n not in NOT_DEFAULT_UNTIL_VALIDATED
-    )
+    preferred = _PREFERENCE.get(default_backend_kind(), ())
     for name in preferred:
-        if name in registry:
-            try:
-                return registry[name](*args, **kwargs)
-            except NotImplementedError as e:
-                _warn_once(op, name, str(e))
-                break
+        if name not in registry:
+            continue
+        if name in NOT_DEFAULT_UNTIL_VALIDATED:
+            _warn_once(op, name, "not yet validated on hardware; request it by name to use it")
+            break
+        try:
+            return registry[name](*args, **kwargs)
+        except NotImplementedError as e:
+            _warn_once(op, name, str(e))
+            break
     else:
         if preferred:
             _warn_once(op, preferred[0], "not registered for this op")

@@ -116,7 +116,7 @@ def test_explicit_backend_without_device_raises():
 
 
 def test_default_falls_back_to_xla_with_one_warning(monkeypatch):
-    """Pretend to be on a GPU, where no Pallas topk backend is registered: 'xla', warned once."""
+    """Pretend to be on a GPU, where no validated Pallas topk backend exists: 'xla', warned once."""
     from pallas_kernels import _dispatch
 
     monkeypatch.setattr(_dispatch, "default_backend_kind", lambda: "gpu")
