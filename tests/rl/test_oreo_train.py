@@ -39,7 +39,7 @@ def test_value_init_copies_trunk_and_zero_head():
     v = TR.value_init(p, cfg)
     head = v.pop("value_head")
     jax.tree.map(np.testing.assert_array_equal, v, p)  # the whole trunk + LM head copied
-    assert v["layers"]["wq"] is not p["layers"]["wq"]  # a copy, not an alias
+    assert v["layers"][0]["wq"] is not p["layers"][0]["wq"]  # a copy, not an alias
     np.testing.assert_array_equal(head["w"], np.zeros(cfg.d_model))
     assert float(head["b"]) == 0.0 and "value_head" not in p
     assert cfg.model.max_len >= 3 + 2 * 5 + 4 * 5 + 3  # holds the longer evaluation chains

@@ -1,16 +1,18 @@
-"""A small Llama-family decoder (RMSNorm, RoPE, SwiGLU, causal attention) as pure functions.
+"""OREO's policy and value models on the Llama-family decoder of :mod:`jaxsel.models`.
 
-Why this is separate from ``jaxsel.models``: it was written before ``jaxsel.models`` landed, and
-the OREO results in ``results/oreo/`` were measured with it. ``jaxsel.models.decoder`` now has
-everything OREO needs (``forward(..., return_hidden=True)`` for the value head,
-``forward_chunk(..., return_hidden=True)`` for cached one-token decoding), so the move needs no
-change there: this module's ``init_params / forward / decode_step / prefill`` become thin
-adapters over ``decoder.init_params / forward / forward_chunk`` (cache ``[L, N, Hkv, d]``,
-``layers`` a list instead of a stacked pytree) and the benchmark is re-run. The parameter layout
-here already follows the Llama checkpoint names (``embed``, per-layer ``attn_norm/wq/wk/wv/wo/
-mlp_norm/w_gate/w_up/w_down`` stacked on a leading layer axis, ``final_norm``, ``lm_head``). The
-OREO value model is the same trunk with a zero-initialised scalar head (``value_head``), as in
-arXiv 2412.16145 Sec. 4.
+The policy is :func:`jaxsel.models.decoder.forward` / ``forward_chunk`` (RMSNorm, RoPE, SwiGLU,
+causal attention; Touvron et al. 2023, arXiv 2307.09288). The value model is the same trunk with a
+zero-initialised scalar head on the final-normed hidden states (``value_head``), as in OREO
+(arXiv 2412.16145 Sec. 4): ``V(s_j) = w . h_j + b`` with ``w = 0, b = 0`` at initialisation, so a
+value model built from a policy starts at ``V = 0`` with the policy's features.
+
+This module is a thin adapter: :class:`DecoderConfig` names the few sizes the task needs and
+converts to :class:`jaxsel.models.DecoderConfig` (``.llama``); parameters use the layout of
+``jaxsel.models`` (``embed``, ``layers`` = list of per-layer dicts, ``final_norm``, ``lm_head``),
+only initialised with fan-in scaling (``N(0, 1/fan_in)``, residual outputs further scaled by
+``1/sqrt(2 n_layers)``) instead of HF's std 0.02, which trains these tiny models faster. The KV
+cache is ``{"k", "v"}`` of shape ``[n_layers, max_len, n_heads, head_dim]`` (keys stored without
+RoPE, as ``forward_chunk`` keeps them).
 
 All functions are unbatched (one sequence ``[L]``); callers vmap.
 """
@@ -24,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from jaxsel.models import config as _mc
+from jaxsel.models import decoder as _dec
 from jaxsel.rl.oreo._compile import FAST_COMPILE
 
 Params = dict[str, Any]
@@ -43,6 +47,8 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
+    """Sizes of OREO's small decoder; :attr:`llama` is the :mod:`jaxsel.models` config."""
+
     vocab_size: int
     d_model: int = 64
     n_layers: int = 2
@@ -62,27 +68,46 @@ class DecoderConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def llama(self) -> _mc.DecoderConfig:
+        return _mc.DecoderConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.d_model,
+            intermediate_size=self.d_ff,
+            num_layers=self.n_layers,
+            num_heads=self.n_heads,
+            num_kv_heads=self.n_heads,
+            rope_theta=self.rope_theta,
+            rms_norm_eps=self.norm_eps,
+            max_position_embeddings=self.max_len,
+        )
+
 
 def init_params(key: Array, cfg: DecoderConfig, *, value_head: bool = False) -> Params:
-    """Random decoder parameters; ``value_head=True`` adds a zero-initialised scalar head."""
-    ks = jax.random.split(key, 9)
+    """Random decoder parameters in the :mod:`jaxsel.models` layout; ``value_head=True`` adds a
+    zero-initialised scalar head."""
+    shapes = _dec.param_shapes(cfg.llama)
+    keys = iter(jax.random.split(key, 2 + 7 * cfg.n_layers))
     d, f, n = cfg.d_model, cfg.d_ff, cfg.n_layers
-    dense = lambda k, shape, fan_in: jax.random.normal(k, shape) / jnp.sqrt(fan_in)
+    resid = 1.0 / jnp.sqrt(2.0 * n)
+    fan_in = {"wq": d, "wk": d, "wv": d, "wo": d, "w_gate": d, "w_up": d, "w_down": f}
+    scale = {"wo": resid, "w_down": resid}
+
+    def layer(lp_shapes: dict[str, tuple[int, ...]]) -> Params:
+        out = {}
+        for name, shape in lp_shapes.items():
+            if name in fan_in:
+                w = jax.random.normal(next(keys), shape) / jnp.sqrt(float(fan_in[name]))
+                out[name] = w * scale.get(name, 1.0)
+            else:  # the two RMSNorm weights
+                out[name] = jnp.ones(shape)
+        return out
+
     p: Params = {
-        "embed": jax.random.normal(ks[0], (cfg.vocab_size, d)) * 0.02,
-        "layers": {
-            "attn_norm": jnp.ones((n, d)),
-            "wq": dense(ks[1], (n, d, d), d),
-            "wk": dense(ks[2], (n, d, d), d),
-            "wv": dense(ks[3], (n, d, d), d),
-            "wo": dense(ks[4], (n, d, d), d) / jnp.sqrt(2.0 * n),
-            "mlp_norm": jnp.ones((n, d)),
-            "w_gate": dense(ks[5], (n, d, f), d),
-            "w_up": dense(ks[6], (n, d, f), d),
-            "w_down": dense(ks[7], (n, f, d), f) / jnp.sqrt(2.0 * n),
-        },
-        "final_norm": jnp.ones((d,)),
-        "lm_head": dense(ks[8], (d, cfg.vocab_size), d),
+        "embed": jax.random.normal(next(keys), shapes["embed"]) * 0.02,
+        "layers": [layer(s) for s in shapes["layers"]],
+        "final_norm": jnp.ones(shapes["final_norm"]),
+        "lm_head": jax.random.normal(next(keys), shapes["lm_head"]) / jnp.sqrt(float(d)),
     }
     if value_head:
         p["value_head"] = {"w": jnp.zeros((d,)), "b": jnp.zeros(())}
@@ -97,51 +122,8 @@ init_params_jit = jax.jit(
 )
 
 
-def _rms(x: Array, w: Array, eps: float) -> Array:
-    return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps) * w
-
-
-def _rope(x: Array, pos: Array, theta: float) -> Array:
-    """x: [..., H, dh]; pos broadcastable to x.shape[:-2]."""
-    half = x.shape[-1] // 2
-    freq = theta ** (-jnp.arange(half) / half)
-    ang = pos[..., None, None] * freq
-    c, s = jnp.cos(ang), jnp.sin(ang)
-    x1, x2 = x[..., :half], x[..., half:]
-    return jnp.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], -1)
-
-
-def _mlp(lp: Params, x: Array, eps: float) -> Array:
-    h = _rms(x, lp["mlp_norm"], eps)
-    return (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
-
-
-def _trunk(params: Params, tokens: Array, cfg: DecoderConfig) -> tuple[Array, Array, Array]:
-    """Causal pass over ``[L]`` tokens: ``(hidden [L, d] after the final norm, k, v)`` with
-    ``k, v`` of shape ``[n_layers, L, n_heads, head_dim]`` (the KV cache of the prefix)."""
-    L = tokens.shape[0]
-    h, dh = cfg.n_heads, cfg.head_dim
-    x = params["embed"][tokens]
-    pos = jnp.arange(L, dtype=jnp.float32)
-    causal = jnp.tril(jnp.ones((L, L), bool))
-
-    def layer(x, lp):
-        y = _rms(x, lp["attn_norm"], cfg.norm_eps)
-        q = _rope((y @ lp["wq"]).reshape(L, h, dh), pos, cfg.rope_theta)
-        k = _rope((y @ lp["wk"]).reshape(L, h, dh), pos, cfg.rope_theta)
-        v = (y @ lp["wv"]).reshape(L, h, dh)
-        s = jnp.einsum("qhd,khd->hqk", q, k) / jnp.sqrt(dh)
-        a = jax.nn.softmax(jnp.where(causal, s, -1e30), -1)
-        o = jnp.einsum("hqk,khd->qhd", a, v).reshape(L, h * dh)
-        x = x + o @ lp["wo"]
-        return x + _mlp(lp, x, cfg.norm_eps), (k, v)
-
-    x, (k, v) = jax.lax.scan(layer, x, params["layers"])
-    return _rms(x, params["final_norm"], cfg.norm_eps), k, v
-
-
 def forward(params: Params, tokens: Array, cfg: DecoderConfig) -> tuple[Array, Array]:
-    """Causal forward pass of one sequence.
+    """Causal forward pass of one sequence (:func:`jaxsel.models.decoder.forward`).
 
     Args:
       tokens: ``[L]`` int token ids.
@@ -149,8 +131,7 @@ def forward(params: Params, tokens: Array, cfg: DecoderConfig) -> tuple[Array, A
     Returns:
       ``(logits [L, vocab], hidden [L, d_model])``, hidden after the final norm.
     """
-    hid, _, _ = _trunk(params, tokens, cfg)
-    return hid @ params["lm_head"], hid
+    return _dec.forward(params, tokens, config=cfg.llama, return_hidden=True)
 
 
 def token_logps(params: Params, tokens: Array, cfg: DecoderConfig) -> tuple[Array, Array]:
@@ -171,7 +152,12 @@ def values(params: Params, tokens: Array, cfg: DecoderConfig) -> Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# incremental decoding with a per-sequence KV cache
+# incremental decoding with a per-sequence KV cache (jaxsel.models.decoder.forward_chunk)
+
+
+def init_cache(cfg: DecoderConfig) -> dict[str, Array]:
+    shape = (cfg.n_layers, cfg.max_len, cfg.n_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
 
 
 def prefill(params: Params, tokens: Array, cfg: DecoderConfig) -> dict[str, Array]:
@@ -179,13 +165,9 @@ def prefill(params: Params, tokens: Array, cfg: DecoderConfig) -> dict[str, Arra
     position are never attended to and get overwritten while decoding)."""
     if tokens.shape[0] != cfg.max_len:
         raise ValueError(f"tokens has length {tokens.shape[0]} but the cache holds {cfg.max_len=}")
-    _, k, v = _trunk(params, tokens, cfg)
+    c = init_cache(cfg)
+    _, k, v, _ = _dec.forward_chunk(params, tokens, c["k"], c["v"], jnp.int32(0), config=cfg.llama)
     return {"k": k, "v": v}
-
-
-def init_cache(cfg: DecoderConfig) -> dict[str, Array]:
-    shape = (cfg.n_layers, cfg.max_len, cfg.n_heads, cfg.head_dim)
-    return {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
 
 
 def decode_step(
@@ -194,27 +176,16 @@ def decode_step(
     """Feed ``token`` at position ``pos``; returns ``(logits [vocab], hidden [d], cache)``.
 
     Matches :func:`forward` on the prefix: ``decode_step`` over ``tokens[0..p]`` gives
-    ``forward(tokens)[p]``.
+    ``forward(tokens)[p]`` (attention reads cache slots ``<= pos`` only).
     """
-    h, dh = cfg.n_heads, cfg.head_dim
-    x = params["embed"][token]
-    fpos = jnp.asarray(pos, jnp.float32)
-    visible = jnp.arange(cfg.max_len) <= pos
-
-    def layer(x, xs):
-        lp, kc, vc = xs
-        y = _rms(x, lp["attn_norm"], cfg.norm_eps)
-        q = _rope((y @ lp["wq"]).reshape(h, dh), fpos, cfg.rope_theta)
-        k = _rope((y @ lp["wk"]).reshape(h, dh), fpos, cfg.rope_theta)
-        v = (y @ lp["wv"]).reshape(h, dh)
-        kc = jax.lax.dynamic_update_slice(kc, k[None], (pos, 0, 0))
-        vc = jax.lax.dynamic_update_slice(vc, v[None], (pos, 0, 0))
-        s = jnp.einsum("hd,khd->hk", q, kc) / jnp.sqrt(dh)
-        a = jax.nn.softmax(jnp.where(visible, s, -1e30), -1)
-        o = jnp.einsum("hk,khd->hd", a, vc).reshape(h * dh)
-        x = x + o @ lp["wo"]
-        return x + _mlp(lp, x, cfg.norm_eps), (kc, vc)
-
-    x, (kc, vc) = jax.lax.scan(layer, x, (params["layers"], cache["k"], cache["v"]))
-    hid = _rms(x, params["final_norm"], cfg.norm_eps)
-    return hid @ params["lm_head"], hid, {"k": kc, "v": vc}
+    tok = jnp.asarray(token, jnp.int32)[None]
+    logits, k, v, _, hid = _dec.forward_chunk(
+        params,
+        tok,
+        cache["k"],
+        cache["v"],
+        jnp.asarray(pos, jnp.int32),
+        config=cfg.llama,
+        return_hidden=True,
+    )
+    return logits[0], hid[0], {"k": k, "v": v}
