@@ -89,18 +89,24 @@ def svdd_r_shape(n: int) -> tuple[int, int]:
     return n // m, m
 
 
-def methods(lam: float, *, value=None, soft_value=None):
+def methods(lam: float, *, values=None, soft_value=None):
     """name -> (budget n -> function(key, params, process, reward) -> SteeringResult).
 
     Every method is configured to target exp(lam r) p where its theory allows: softmax / SVDD
     temperature alpha = 1 / lam, FK / SMC potentials with lam. ``best_of_n`` (argmax) and
     ``svdd_pm_argmax`` (alpha = 0, the SVDD authors' default) do not depend on lam at all.
+    ``values`` maps SVDD-MC method names to regressed (value_fn, value_params).
     """
     alpha = 1.0 / lam
 
     def svdd_r(n):
         c, m = svdd_r_shape(n)
         return partial(D.svdd, num_candidates=m, num_chains=c, alpha=alpha, batch_resample_lam=lam)
+
+    def svdd_value(vfn, vparams):
+        return lambda n: partial(
+            D.svdd, num_candidates=n, alpha=alpha, value_fn=vfn, value_params=vparams
+        )
 
     m = {
         "best_of_n": lambda n: partial(D.best_of_n, num_samples=n),
@@ -111,16 +117,10 @@ def methods(lam: float, *, value=None, soft_value=None):
         "fk_diff_ess": lambda n: partial(D.fk_steering, num_particles=n, lam=lam, adaptive=True),
         "smc": lambda n: partial(D.smc, num_particles=n, lam=lam),
     }
-    if value is not None:
-        vfn, vparams = value
-        m["svdd_mc"] = lambda n: partial(
-            D.svdd, num_candidates=n, alpha=alpha, value_fn=vfn, value_params=vparams
-        )
+    for name, (vfn, vparams) in (values or {}).items():
+        m[name] = svdd_value(vfn, vparams)
     if soft_value is not None:  # oracle: the exact soft value SVDD's theory asks for
-        vfn, vparams = soft_value
-        m["svdd_exact_soft_value"] = lambda n: partial(
-            D.svdd, num_candidates=n, alpha=alpha, value_fn=vfn, value_params=vparams
-        )
+        m["svdd_exact_soft_value"] = svdd_value(*soft_value)
     return m
 
 
@@ -136,13 +136,13 @@ def run_model(
     num_runs,
     metric_fn,
     method_names=None,
-    value=None,
+    values=None,
     soft_value=None,
     skip_n1=False,
 ):
     """Runs every method x budget x seed; returns rows and, per method, the n=16 samples of seed 0."""
     rows, keep = [], {}
-    ms = methods(lam, value=value, soft_value=soft_value)
+    ms = methods(lam, values=values, soft_value=soft_value)
     if method_names:
         ms = {k: v for k, v in ms.items() if k in method_names}
     bar = tqdm(total=len(ms) * len(budgets), desc=name)
@@ -207,6 +207,24 @@ def summarise(rows):
     return summary
 
 
+DISTANCES = ("sliced_w1_to_target", "kl_count_hist")
+
+
+def seed_counts(rows, baseline: str = "best_of_n") -> dict:
+    """Per model and budget: for how many seeds each method is closer to the exact target than
+    ``baseline`` with the same seed and budget ("method": "wins/seeds")."""
+    by = {(r["model"], r["method"], r["n"], r["seed"]): r for r in rows}
+    out: dict = {}
+    for (model, method, n, seed), r in sorted(by.items()):
+        base = by.get((model, baseline, n, seed))
+        dist = next((d for d in DISTANCES if d in r), None)
+        if method == baseline or base is None or dist is None:
+            continue
+        wins, total = out.setdefault(f"{model} n={n}", {}).get(method, (0, 0))
+        out[f"{model} n={n}"][method] = (wins + int(r[dist] < base[dist]), total + 1)
+    return {k: {m: f"{w}/{t}" for m, (w, t) in v.items()} for k, v in out.items()}
+
+
 # ------------------------------------------------------------------------------------ models
 
 
@@ -228,21 +246,24 @@ def gmm_setup(learned: bool, lam: float, num_steps: int):
             "diversity": mean_pairwise_distance(x),
         }
 
-    value = soft_value = None
-    if learned:
+    # SVDD-MC value nets from scripts/train_diffusion_toys.py, on rollouts of this model's sampler
+    prefix = "gmm" if learned else "gmm_exact"
+    values, soft_value = {}, None
+    for mname, asset, apply in (
+        ("svdd_mc", f"{prefix}_value", train.scalar_mlp_apply),
+        ("svdd_mc_soft", f"{prefix}_soft_value_lam{lam:g}", train.mlp_apply),
+    ):
         try:
-            vparams = train.load_asset("gmm_value")
-            vfn = train.value_fn_from(train.scalar_mlp_apply, num_steps)
-            value = (vfn, vparams)
+            values[mname] = (train.value_fn_from(apply, num_steps), train.load_asset(asset))
         except FileNotFoundError:
-            pass
-    else:
+            print(f"no {asset} weights: {mname} skipped")
+    if not learned:
 
         def soft(g, x, n):
             return toys.gmm_soft_value_linear(g, x, sched.alpha_bars[n], GMM_W, lam)
 
         soft_value = (soft, gmm)
-    return params, proc, toys.linear_reward(GMM_W), metric_fn, target, value, soft_value
+    return params, proc, toys.linear_reward(GMM_W), metric_fn, target, values, soft_value
 
 
 def gmm_noise_floor(target, num: int, seeds: int) -> float:
@@ -500,6 +521,12 @@ def main() -> None:
     p.add_argument("--digits-lam", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument(
+        "--tag",
+        type=str,
+        default="",
+        help="output names bench_steering_<tag>.json (default: models)",
+    )
+    p.add_argument(
         "--skip-n1",
         action="store_true",
         help="run n = 1 (the unsteered sampler) only for best_of_n",
@@ -519,7 +546,7 @@ def main() -> None:
     all_rows = []
     extra: dict = {}
 
-    stem = "".join(sorted(models))
+    stem = a.tag or "".join(sorted(models))
 
     def save(tag):
         summary = summarise(all_rows)
@@ -528,6 +555,7 @@ def main() -> None:
             {
                 "config": vars(a) | {"out": str(a.out)},
                 **extra,
+                "seeds_closer_than_best_of_n": seed_counts(all_rows),
                 "summary": summary,
                 "rows": all_rows,
             },
@@ -539,6 +567,7 @@ def main() -> None:
             "n",
             "denoiser_calls",
             "reward_calls",
+            "value_calls",
             "lam",
             "reward_median",
             "reward_mean",
@@ -559,13 +588,19 @@ def main() -> None:
             ),
             flush=True,
         )
+        for k, v in seed_counts(all_rows).items():
+            if k.startswith(tag + " "):
+                print(
+                    f"{k}: seeds closer than best_of_n: "
+                    + ", ".join(f"{m} {c}" for m, c in v.items())
+                )
 
     if "a" in models:
         sweep = [float(v) for v in a.lam_sweep.split(",") if v]
         floors = {}
         for lam in [a.lam, *sweep]:
             tag = "a_gmm_exact" if lam == a.lam else f"a_gmm_exact_lam{lam:g}"
-            params, proc, reward, metric_fn, target, _, soft = gmm_setup(False, lam, a.steps)
+            params, proc, reward, metric_fn, target, values, soft = gmm_setup(False, lam, a.steps)
             floors[tag] = gmm_noise_floor(target, a.gmm_runs, a.seeds)
             extra["noise_floor_sliced_w1"] = floors
             print(f"{tag}: noise floor (exact target draws) sliced W1 = {floors[tag]:.3f}")
@@ -579,6 +614,7 @@ def main() -> None:
                 seeds=a.seeds,
                 num_runs=a.gmm_runs,
                 metric_fn=metric_fn,
+                values=values,
                 soft_value=soft,
                 method_names=tuple((a.a_methods if lam == a.lam else a.sweep_methods).split(",")),
                 skip_n1=a.skip_n1,
@@ -594,6 +630,7 @@ def main() -> None:
                     seeds=a.seeds,
                     num_runs=a.gmm_runs,
                     metric_fn=metric_fn,
+                    values=values,
                     soft_value=soft,
                     method_names=tuple(a.a_extra_methods.split(",")),
                 )
@@ -608,7 +645,7 @@ def main() -> None:
         plot_lam_sweep(summarise(all_rows), floors, a.sweep_budget, a.out / "gmm_lam_sweep.png")
     if "b" in models:
         tag = "b_gmm_mlp"
-        params, proc, reward, metric_fn, target, value, _ = gmm_setup(True, a.lam, a.steps)
+        params, proc, reward, metric_fn, target, values, _ = gmm_setup(True, a.lam, a.steps)
         rows, keep = run_model(
             tag,
             params,
@@ -619,7 +656,7 @@ def main() -> None:
             seeds=a.seeds,
             num_runs=a.runs,
             metric_fn=metric_fn,
-            value=value,
+            values=values,
             method_names=small_methods,
             skip_n1=a.skip_n1,
         )

@@ -1,10 +1,13 @@
 """Trains the learned models of the steering toys and saves them with orbax.
 
-(b) MLP x0-denoiser on the 2D Gaussian mixture, plus an SVDD-MC value network on its rollouts;
+(a) SVDD-MC value networks (mean value and soft values at --value-lams) on rollouts of the
+    closed-form GMM denoiser;
+(b) MLP x0-denoiser on the 2D Gaussian mixture, plus SVDD-MC value networks on its rollouts;
 (c) MLP x0-denoiser on scikit-learn 8x8 digits, plus a classifier used as a black-box reward;
 (d) tiny transformer MDLM denoiser on the Markov chain.
 
     nice -n 10 python scripts/train_diffusion_toys.py --out jaxsel/diffusion/assets
+    nice -n 10 python scripts/train_diffusion_toys.py --only value,value_exact  # value nets only
 """
 
 from __future__ import annotations
@@ -40,7 +43,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=train.ASSETS)
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps per model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", type=str, default="gmm,value,digits,classifier,chain")
+    p.add_argument("--only", type=str, default="gmm,value,value_exact,digits,classifier,chain")
+    p.add_argument(
+        "--value-lams", type=str, default="0.5,1,2", help="tilts of the SVDD-MC soft values"
+    )
+    p.add_argument("--value-rollouts", type=int, default=16384, help="rollouts per value net")
+    p.add_argument("--value-steps", type=int, default=6000)
+    p.add_argument("--value-hidden", type=int, default=128)
+    p.add_argument("--value-depth", type=int, default=3)
     a = p.parse_args()
     which = set(a.only.split(","))
     key = jax.random.key(a.seed)
@@ -60,23 +70,43 @@ def main() -> None:
         _report("gmm_mlp", losses, t0)
         train.save_params(a.out / "gmm_mlp", params)
 
-    if "value" in which:
+    def fit_value(name, den_params, proc, lam, seed):
+        """SVDD-MC value on rollouts of ``proc``: soft value for lam > 0, mean value for None."""
         t0 = time.perf_counter()
-        den = train.load_params(a.out / "gmm_mlp")
-        proc = samplers.vp_process(train.mlp_apply, samplers.vp_schedule(NUM_STEPS), (2,))
         fit = train.make_train_value(
-            train.scalar_mlp_apply,
-            partial(train.mlp_init, dim=2, hidden=64, depth=2, out_dim=1),
+            train.scalar_mlp_apply if lam is None else train.mlp_apply,
+            partial(
+                train.mlp_init,
+                dim=2,
+                hidden=a.value_hidden,
+                depth=a.value_depth,
+                out_dim=1 if lam is None else 2,
+            ),
             proc,
-            den,
+            den_params,
             toys.linear_reward(GMM_W),
-            num_rollouts=2048,
-            steps=a.steps,
+            lam=lam,
+            num_rollouts=a.value_rollouts,
+            steps=a.value_steps,
+            batch_size=512,
         )
-        squeeze = lambda *args: fit(*args)
-        params, losses = jax.jit(squeeze)(jax.random.fold_in(key, 2))
-        _report("gmm_value", losses, t0)
-        train.save_params(a.out / "gmm_value", params)
+        params, losses = jax.jit(fit)(jax.random.fold_in(key, seed))
+        _report(name, losses, t0)
+        train.save_params(a.out / name, params)
+
+    value_lams = [float(v) for v in a.value_lams.split(",") if v]
+    sched = samplers.vp_schedule(NUM_STEPS)
+    if "value" in which:  # (b): rollouts of the learned MLP denoiser
+        den = train.load_params(a.out / "gmm_mlp")
+        proc = samplers.vp_process(train.mlp_apply, sched, (2,))
+        fit_value("gmm_value", den, proc, None, 2)
+        for i, lam in enumerate(value_lams):
+            fit_value(f"gmm_soft_value_lam{lam:g}", den, proc, lam, 20 + i)
+    if "value_exact" in which:  # (a): rollouts of the closed-form denoiser
+        proc = samplers.vp_process(toys.gmm_denoiser, sched, (2,))
+        fit_value("gmm_exact_value", gmm, proc, None, 6)
+        for i, lam in enumerate(value_lams):
+            fit_value(f"gmm_exact_soft_value_lam{lam:g}", gmm, proc, lam, 30 + i)
 
     if "digits" in which or "classifier" in which:
         x, y = train.load_digits_scaled()

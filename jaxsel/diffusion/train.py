@@ -9,8 +9,9 @@ loops follow ``make_train(...) -> train(key)`` with one ``lax.scan`` inside, so 
   token sequences, returning x0 logits (MDLM denoiser, Sahoo et al. 2024);
 - :func:`make_train_vp`: denoising score matching, E ||f(x_t, t) - target||^2, target x0 or eps;
 - :func:`make_train_masked`: MDLM loss, cross-entropy on masked tokens weighted by 1/t;
-- :func:`make_train_value`: SVDD-MC value regression, v(x_t, t) ~ r(x0) on rollouts of the
-  pretrained sampler (Li et al. 2024, Sec. 4);
+- :func:`make_train_value`: SVDD-MC value regression on rollouts of the pretrained sampler (Li et
+  al. 2024, Sec. 4): the soft value (1/lam) log E[exp(lam r(x0)) | x_t] via :func:`soft_value_loss`,
+  or the mean value E[r(x0) | x_t] by least squares;
 - :func:`make_train_classifier`: softmax-regression MLP used as a black-box reward (digits);
 - :func:`save_params` / :func:`load_params`: orbax checkpoints.
 """
@@ -225,6 +226,26 @@ def make_train_masked(
     return _fit(loss_fn, init_fn, steps=steps, lr=lr)
 
 
+def soft_value_loss(v: Array, r: Array, *, lam: float, offset: Array | float = 0.0) -> Array:
+    """Per-sample loss whose minimiser over v is the soft value (1/lam) log E[exp(lam r) | x_t].
+
+    With f = lam (v - c) and y = exp(lam (r - c)) (c = ``offset``, a constant for scale),
+
+        l(f; y) = exp(f) - y f,
+
+    is convex in f and its conditional risk E[l | x_t] = exp(f) - E[y | x_t] f is minimised at
+    exp(f) = E[y | x_t], i.e. v = c + (1/lam) log E[exp(lam (r - c)) | x_t] (a Poisson-type proper
+    loss for E[y | x]; regressing log y instead would estimate E[r | x_t], the lam -> 0 value).
+    Above f = 20, exp(f) is continued linearly so an overshooting network keeps finite gradients.
+    Shapes: v, r (...) -> (...).
+    """
+    f = lam * (v - offset)
+    y = jnp.exp(lam * (r - offset))
+    cap = 20.0
+    ef = jnp.where(f > cap, jnp.exp(cap) * (1.0 + f - cap), jnp.exp(jnp.minimum(f, cap)))
+    return ef - y * f
+
+
 def make_train_value(
     value_apply: Callable[[Params, Array, Array], Array],
     value_init: Callable[[Array], Params],
@@ -232,44 +253,76 @@ def make_train_value(
     denoiser_params: Any,
     reward_fn: Callable[[Array], Array],
     *,
+    lam: float | None = None,
     num_rollouts: int = 1024,
     steps: int = 2000,
     batch_size: int = 256,
     lr: float = 2e-3,
 ):
-    """SVDD-MC: returns train(key) regressing v(x_t, t) on r(x0) along pretrained rollouts.
+    """SVDD-MC (Li et al. 2024, Sec. 4): returns train(key) -> ({"net", "offset"}, losses).
 
-    The regression target's conditional mean is E[r(x0) | x_t], the value at alpha -> inf; SVDD uses it
-    as its soft value estimate. The value network is called as value_apply(params, x_t, t) with
-    t = n / T.
+    Rollouts x_T, ..., x_0 of the pretrained sampler give pairs (x_t, r(x_0)) for every t, on which
+    ``value_apply(net, x_t, t)`` (t = n / T) is fitted. The value is v = offset + sum(outputs), with
+    offset = mean r over the rollouts (it spares the network learning a large constant):
+
+    - ``lam=None``: scalar output m, least squares E (offset + m - r(x0))^2, so v -> E[r(x0) | x_t]
+      (the paper's practice for small alpha; the soft value's lam -> 0 limit);
+    - ``lam > 0``: two outputs (m, g). m is fitted as above and g by :func:`soft_value_loss` on the
+      residual r - m (m held fixed), so offset + m + g -> (1/lam) log E[exp(lam r(x0)) | x_t], the
+      soft value with which SVDD at alpha = 1 / lam targets exp(lam r) p (for many candidates).
+      The decomposition is exact for any m(x_t); centring on m keeps the targets
+      y = exp(lam (r - m)) of order one everywhere, where a single head fitted to exp(lam r) would
+      be trained almost only on high-reward states.
+
+    Use the result with :func:`value_fn_from`.
     """
+    if lam is not None and not (np.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be None (mean value) or a finite number > 0, got {lam=}")
     T = process.num_steps
+    want = () if lam is None else (2,)
 
     def train(key: Array):
         kr, kf = jax.random.split(key)
         paths = jax.vmap(lambda k: sample_trajectory(k, denoiser_params, process))(
             jax.random.split(kr, num_rollouts)
         )  # (N, T+1, *event); row j at grid index T - j
-        r = jax.vmap(reward_fn)(paths[:, -1])
+        r = jax.vmap(reward_fn)(paths[:, -1]).astype(jnp.float32)
+        offset = jnp.mean(r)
 
-        def loss_fn(params, k):
+        def loss_fn(net, k):
             ki, kj = jax.random.split(k)
             i = jax.random.randint(ki, (batch_size,), 0, num_rollouts)
             j = jax.random.randint(kj, (batch_size,), 0, T)  # exclude x0 itself
             t = (T - j).astype(jnp.float32) / T
-            v = jax.vmap(value_apply, in_axes=(None, 0, 0))(params, paths[i, j], t)
-            if v.shape != (batch_size,):
-                raise ValueError(f"value_apply must return a scalar per sample, got {v.shape[1:]}")
-            return jnp.mean((v - r[i]) ** 2)
+            out = jax.vmap(value_apply, in_axes=(None, 0, 0))(net, paths[i, j], t)
+            if out.shape[1:] != want:
+                raise ValueError(
+                    f"value_apply must return shape {want} per sample "
+                    f"({'scalar' if lam is None else 'mean and soft heads'}), got {out.shape[1:]}"
+                )
+            if lam is None:
+                return jnp.mean((offset + out - r[i]) ** 2)
+            m = offset + out[:, 0]
+            soft = soft_value_loss(out[:, 1], r[i] - lax.stop_gradient(m), lam=lam)
+            return jnp.mean((m - r[i]) ** 2) + jnp.mean(soft)
 
-        return _fit(loss_fn, value_init, steps=steps, lr=lr)(kf)
+        net, losses = _fit(loss_fn, value_init, steps=steps, lr=lr)(kf)
+        return {"net": net, "offset": offset}, losses
 
     return train
 
 
 def value_fn_from(value_apply: Callable[[Params, Array, Array], Array], num_steps: int):
-    """Adapts value_apply(params, x, t) to the ``value_fn(params, x, n)`` that :func:`svdd` calls."""
-    return lambda params, x, n: value_apply(params, x, jnp.asarray(n, jnp.float32) / num_steps)
+    """Adapts a :func:`make_train_value` result to the ``value_fn(params, x, n)`` of :func:`svdd`.
+
+    v(x, n) = params["offset"] + sum(value_apply(params["net"], x, n / T)).
+    """
+
+    def value_fn(params, x, n):
+        t = jnp.asarray(n, jnp.float32) / num_steps
+        return params["offset"] + jnp.sum(value_apply(params["net"], x, t))
+
+    return value_fn
 
 
 def make_train_classifier(
@@ -341,5 +394,5 @@ def load_asset(name: str) -> Any:
 
 
 def scalar_mlp_apply(params: Params, x: Array, t: Array) -> Array:
-    """:func:`mlp_apply` with a 1-unit output squeezed to a scalar (value networks)."""
+    """:func:`mlp_apply` with a 1-unit output squeezed to a scalar (mean value networks)."""
     return mlp_apply(params, x, t)[0]
