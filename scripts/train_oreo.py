@@ -78,6 +78,14 @@ def parser() -> argparse.ArgumentParser:
         help="skip XLA's expensive passes (compiles ~3x faster; on a loaded CPU the full "
         "optimiser spends minutes per program)",
     )
+    ap.add_argument(
+        "--value-from-joint",
+        dest="value_from_policy",
+        action="store_false",
+        default=None,
+        help="start the critic-only value fit from the jointly trained OREO value instead of "
+        "the final policy's trunk",
+    )
     for f in dataclasses.fields(TR.OreoConfig):
         if f.type in ("int", "float"):
             ap.add_argument(

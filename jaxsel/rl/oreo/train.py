@@ -89,7 +89,11 @@ class OreoConfig:
     value_steps: int = 400
     value_lr: float = 1e-3
     value_prompts: int = 512
+    # initialise the fitted value from the final policy's trunk (which no longer carries the SFT
+    # model's preference for the '*'->'+' slip) rather than from the jointly trained value
+    value_from_policy: bool = True
     beam_temperature: float = 1.0
+    n_eval_sc: int = 512  # held-out prompts for majority vote vs Soft-SC (sampling is cheap)
     # compile without XLA's expensive backend passes: ~3x faster compiles, slower steps; for
     # tests and the quick smoke run, where compilation dominates
     fast_compile: bool = False
@@ -114,6 +118,7 @@ class OreoConfig:
             n_eval_beam=16,
             value_steps=5,
             value_prompts=32,
+            n_eval_sc=32,
             fast_compile=True,
         )
         small.update(overrides)
@@ -719,14 +724,16 @@ def run_pipeline(
             temperature=cfg.temperature,
         )
         fit = make_value_fit(cfg, steps=cfg.value_steps, lr=cfg.value_lr)
-        return fit(jax.random.fold_in(kf, 2), values[best], models[best], sft_params, d)[0]
+        v0 = value_init(models[best], cfg) if cfg.value_from_policy else values[best]
+        return fit(jax.random.fold_in(kf, 2), v0, models[best], sft_params, d)[0]
 
     fitted = ck("value_fit", do_fit) if cfg.value_steps > 0 else values[best]
     nb = min(cfg.n_eval_beam, cfg.n_eval)
     held_b = jax.tree.map(lambda x: x[:nb], held)
-    # is the value any good at ranking finished samples? (chance = random_sample)
+    # is the value any good at ranking finished samples? (chance = random_sample); on all
+    # held-out prompts: sampling is cheap and best-of-K on a few dozen prompts is noise
     res["value_ranking"] = {
-        name: value_ranking(models[best], v, held_b, ks["rank"], cfg, k=cfg.k_samples)
+        name: value_ranking(models[best], v, held, ks["rank"], cfg, k=cfg.k_samples)
         for name, v in (("joint", values[best]), ("fitted", fitted))
     }
     say("beam")
@@ -748,8 +755,11 @@ def run_pipeline(
     res["greedy_beam_subset"] = float(greedy_accuracy(models[best], held_b, cfg))
     res["beam_policy"] = best
     say("sc")
+    held_sc = T.prompt_batch(jax.random.fold_in(ks["sc"], 0), cfg.n_eval_sc, tcfg)
     res["self_consistency"] = {
-        name: self_consistency_accuracy(models[name], held, ks["sc"], cfg, k=sc_k)
+        name: self_consistency_accuracy(
+            models[name], held_sc, jax.random.fold_in(ks["sc"], 1), cfg, k=sc_k
+        )
         for name in ("sft", best)
     }
     return res
