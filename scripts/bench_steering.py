@@ -251,7 +251,7 @@ def gmm_setup(learned: bool, lam: float, num_steps: int):
     values, soft_value = {}, None
     for mname, asset, apply in (
         ("svdd_mc", f"{prefix}_value", train.scalar_mlp_apply),
-        ("svdd_mc_soft", f"{prefix}_soft_value_lam{lam:g}", train.mlp_apply),
+        ("svdd_mc_soft", f"{prefix}_soft_value_lam{lam:g}", train.two_mlp_apply),
     ):
         try:
             values[mname] = (train.value_fn_from(apply, num_steps), train.load_asset(asset))

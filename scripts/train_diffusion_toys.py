@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--value-steps", type=int, default=6000)
     p.add_argument("--value-hidden", type=int, default=128)
     p.add_argument("--value-depth", type=int, default=3)
+    p.add_argument("--soft-only", action="store_true", help="skip the mean-value nets")
     a = p.parse_args()
     which = set(a.only.split(","))
     key = jax.random.key(a.seed)
@@ -74,13 +75,13 @@ def main() -> None:
         """SVDD-MC value on rollouts of ``proc``: soft value for lam > 0, mean value for None."""
         t0 = time.perf_counter()
         fit = train.make_train_value(
-            train.scalar_mlp_apply if lam is None else train.mlp_apply,
+            train.scalar_mlp_apply if lam is None else train.two_mlp_apply,
             partial(
-                train.mlp_init,
+                train.mlp_init if lam is None else train.two_mlp_init,
                 dim=2,
                 hidden=a.value_hidden,
                 depth=a.value_depth,
-                out_dim=1 if lam is None else 2,
+                **({"out_dim": 1} if lam is None else {}),
             ),
             proc,
             den_params,
@@ -99,12 +100,14 @@ def main() -> None:
     if "value" in which:  # (b): rollouts of the learned MLP denoiser
         den = train.load_params(a.out / "gmm_mlp")
         proc = samplers.vp_process(train.mlp_apply, sched, (2,))
-        fit_value("gmm_value", den, proc, None, 2)
+        if not a.soft_only:
+            fit_value("gmm_value", den, proc, None, 2)
         for i, lam in enumerate(value_lams):
             fit_value(f"gmm_soft_value_lam{lam:g}", den, proc, lam, 20 + i)
     if "value_exact" in which:  # (a): rollouts of the closed-form denoiser
         proc = samplers.vp_process(toys.gmm_denoiser, sched, (2,))
-        fit_value("gmm_exact_value", gmm, proc, None, 6)
+        if not a.soft_only:
+            fit_value("gmm_exact_value", gmm, proc, None, 6)
         for i, lam in enumerate(value_lams):
             fit_value(f"gmm_exact_soft_value_lam{lam:g}", gmm, proc, lam, 30 + i)
 

@@ -236,12 +236,13 @@ def soft_value_loss(v: Array, r: Array, *, lam: float, offset: Array | float = 0
     is convex in f and its conditional risk E[l | x_t] = exp(f) - E[y | x_t] f is minimised at
     exp(f) = E[y | x_t], i.e. v = c + (1/lam) log E[exp(lam (r - c)) | x_t] (a Poisson-type proper
     loss for E[y | x]; regressing log y instead would estimate E[r | x_t], the lam -> 0 value).
-    Above f = 20, exp(f) is continued linearly so an overshooting network keeps finite gradients.
-    Shapes: v, r (...) -> (...).
+    Above f = 20, exp(f) is continued linearly so an overshooting network keeps finite gradients,
+    and y is capped at exp(20) so the loss stays bounded below (a target that large would dominate
+    any batch anyway). Shapes: v, r (...) -> (...).
     """
-    f = lam * (v - offset)
-    y = jnp.exp(lam * (r - offset))
     cap = 20.0
+    f = lam * (v - offset)
+    y = jnp.exp(jnp.minimum(lam * (r - offset), cap))
     ef = jnp.where(f > cap, jnp.exp(cap) * (1.0 + f - cap), jnp.exp(jnp.minimum(f, cap)))
     return ef - y * f
 
@@ -391,6 +392,22 @@ def load_asset(name: str) -> Any:
             f"no trained weights at {path}; run `python scripts/train_diffusion_toys.py` first"
         )
     return load_params(path)
+
+
+def two_mlp_init(key: Array, dim: int, **kwargs: Any) -> Params:
+    """Two scalar-output MLPs (:func:`mlp_init` kwargs) for the mean and soft heads of a soft value.
+
+    Separate trunks keep the heavy-tailed soft-loss gradients (targets exp(lam (r - m))) from
+    disturbing the least-squares mean head that centres them.
+    """
+    k1, k2 = jax.random.split(key)
+    kwargs = kwargs | {"out_dim": 1}
+    return {"mean": mlp_init(k1, dim, **kwargs), "soft": mlp_init(k2, dim, **kwargs)}
+
+
+def two_mlp_apply(params: Params, x: Array, t: Array) -> Array:
+    """(mean head, soft head) (2,) for :func:`make_train_value` with ``lam > 0``."""
+    return jnp.concatenate([mlp_apply(params["mean"], x, t), mlp_apply(params["soft"], x, t)])
 
 
 def scalar_mlp_apply(params: Params, x: Array, t: Array) -> Array:

@@ -14,13 +14,19 @@ from jaxsel.diffusion import toys, train
 
 
 def test_networks_shapes_and_vmap(fast_jit):
-    p = train.mlp_init(jax.random.key(0), 3, hidden=16, depth=2)
-    out = jax.vmap(train.mlp_apply, in_axes=(None, 0, 0))(
-        p, jnp.ones((5, 3)), jnp.linspace(0, 1, 5)
-    )
-    assert out.shape == (5, 3)
-    tp = train.transformer_init(jax.random.key(1), 6, 4, width=16, depth=1)
-    logits = fast_jit(train.transformer_apply)(tp, jnp.array([4, 0, 1, 4, 2, 3]), 0.5)
+    def build(key):  # one compiled program: eager init would compile every op separately
+        k1, k2 = jax.random.split(key)
+        p = train.mlp_init(k1, 3, hidden=16, depth=2)
+        out = jax.vmap(train.mlp_apply, in_axes=(None, 0, 0))(
+            p, jnp.ones((5, 3)), jnp.linspace(0, 1, 5)
+        )
+        tp = train.transformer_init(k2, 6, 4, width=16, depth=1)
+        logits = train.transformer_apply(tp, jnp.array([4, 0, 1, 4, 2, 3]), 0.5)
+        pair = train.two_mlp_apply(train.two_mlp_init(k1, 3, hidden=8, depth=1), jnp.ones(3), 0.2)
+        return out, logits, pair
+
+    out, logits, pair = fast_jit(build)(jax.random.key(0))
+    assert out.shape == (5, 3) and pair.shape == (2,)
     assert logits.shape == (6, 4) and bool(jnp.all(jnp.isfinite(logits)))
 
 
@@ -125,8 +131,8 @@ def test_learned_soft_value_matches_exact_gmm_soft_value(fast_jit):
     proc = D.vp_process(toys.gmm_denoiser, sched, (2,))
     w = jnp.array([1.0, 0.5])
     fit = train.make_train_value(
-        train.mlp_apply,
-        partial(train.mlp_init, dim=2, hidden=64, depth=2, out_dim=2),
+        train.two_mlp_apply,
+        partial(train.two_mlp_init, dim=2, hidden=64, depth=2),
         proc,
         g,
         toys.linear_reward(w),
@@ -137,7 +143,7 @@ def test_learned_soft_value_matches_exact_gmm_soft_value(fast_jit):
         lr=3e-3,
     )
     params, _ = fast_jit(fit)(jax.random.key(1))
-    value_fn = train.value_fn_from(train.mlp_apply, T)
+    value_fn = train.value_fn_from(train.two_mlp_apply, T)
     paths = fast_jit(jax.vmap(lambda k: D.sample_trajectory(k, g, proc)))(
         jax.random.split(jax.random.key(5), 512)
     )
@@ -149,7 +155,7 @@ def test_learned_soft_value_matches_exact_gmm_soft_value(fast_jit):
     exact_fn = jax.vmap(toys.gmm_soft_value_linear, in_axes=(None, 0, None, None, None))
     pm_fn = jax.vmap(toys.gmm_denoise_at, in_axes=(None, 0, None))
     soft_fn = jax.vmap(value_fn, in_axes=(None, 0, None))
-    head_fn = jax.vmap(train.mlp_apply, in_axes=(None, 0, None))
+    head_fn = jax.vmap(train.two_mlp_apply, in_axes=(None, 0, None))
     for n in (37, 25, 12):
         x, ab = paths[:, T - n], sched.alpha_bars[n]
         exact = exact_fn(g, x, ab, w, lam)

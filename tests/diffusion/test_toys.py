@@ -27,11 +27,14 @@ def _np_posterior_mean(g, x, ab):
     return (gam / gam.sum()) @ np.array(out)
 
 
+_denoise = jax.jit(jax.vmap(toys.gmm_denoise_at, in_axes=(None, 0, None)))
+
+
 @pytest.mark.parametrize("ab", [0.05, 0.5, 0.99])
 def test_gmm_denoiser_matches_numpy(ab):
     g = toys.default_gmm()
     xs = np.array([[0.3, -0.4], [2.5, 1.0], [-3.0, 2.0]])
-    got = jax.vmap(lambda x: toys.gmm_denoise_at(g, x, ab))(jnp.asarray(xs))
+    got = _denoise(g, jnp.asarray(xs), jnp.float32(ab))
     want = np.stack([_np_posterior_mean(g, x, ab) for x in xs])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -63,12 +66,16 @@ def test_gmm_soft_value_matches_grid_posterior(ab):
         )
 
 
+# one grid and one compiled log-density shared by the grid tests
+GRID = np.linspace(-8, 10, 361)
+GRID_PTS = np.stack([a.ravel() for a in np.meshgrid(GRID, GRID)], 1)
+_grid_log_prob = jax.jit(jax.vmap(toys.gmm_log_prob, in_axes=(None, 0)))
+
+
 def test_gmm_log_prob_integrates_to_one():
     g = toys.default_gmm()
-    grid = np.linspace(-6, 6, 241)
-    X, Y = np.meshgrid(grid, grid)
-    pts = jnp.asarray(np.stack([X.ravel(), Y.ravel()], 1))
-    p = np.exp(np.asarray(jax.vmap(lambda x: toys.gmm_log_prob(g, x))(pts)))
+    grid = GRID
+    p = np.exp(np.asarray(_grid_log_prob(g, jnp.asarray(GRID_PTS))))
     assert abs(p.sum() * (grid[1] - grid[0]) ** 2 - 1.0) < 1e-3
 
 
@@ -76,10 +83,8 @@ def test_tilted_gmm_matches_grid_integration():
     """exp(lam w.x) p(x) / Z computed on a grid has the moments of gmm_tilt_linear."""
     g = toys.default_gmm()
     w, lam = jnp.array([1.0, 0.5]), 1.3
-    grid = np.linspace(-8, 10, 361)
-    X, Y = np.meshgrid(grid, grid)
-    pts = np.stack([X.ravel(), Y.ravel()], 1)
-    logp = np.asarray(jax.vmap(lambda x: toys.gmm_log_prob(g, x))(jnp.asarray(pts)))
+    pts = GRID_PTS
+    logp = np.asarray(_grid_log_prob(g, jnp.asarray(pts)))
     lt = logp + lam * pts @ np.asarray(w)
     q = np.exp(lt - lt.max())
     q /= q.sum()
