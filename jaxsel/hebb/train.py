@@ -103,9 +103,11 @@ def calibrate_batch_norm(
 
 
 @functools.lru_cache(maxsize=16)
-def _flat_features(cfg: nets.NetConfig) -> Callable:
-    # One jitted function per (hashable, frozen) config: every state and split reuses its compile.
-    return jax.jit(lambda s, x: nets.features(s, x, cfg).reshape(x.shape[0], -1))
+def _flat_features(cfg: nets.NetConfig, dtype: str) -> Callable:
+    # One jitted function per (hashable, frozen) config and storage dtype: every state and split
+    # reuses its compile. The cast happens inside the program, so a float16 store moves half
+    # the bytes from the device buffer to NumPy.
+    return jax.jit(lambda s, x: nets.features(s, x, cfg).reshape(x.shape[0], -1).astype(dtype))
 
 
 def extract_features(
@@ -113,28 +115,44 @@ def extract_features(
     images: np.ndarray | jax.Array,
     cfg: nets.NetConfig,
     *,
-    batch_size: int = 500,
+    batch_size: int = 250,
     dtype=np.float32,
     progress: bool = False,
 ) -> np.ndarray:
-    """Frozen, flattened features of ``images (N, H, W, C)``: ``(N, H'' * W'' * C'')`` (NumPy)."""
-    fn = _flat_features(cfg)
+    """Frozen, flattened features of ``images (N, H, W, C)``: ``(N, H'' * W'' * C'')`` (NumPy).
+
+    Forward only (no Hebbian correlation), in eval mode, so the result does not depend on
+    ``batch_size``. The next batch is dispatched before the previous one is copied to the host,
+    so the copy overlaps with compute instead of stalling the device between batches.
+    """
+    dtype = np.dtype(dtype)
+    fn = _flat_features(cfg, dtype.name)
     n = images.shape[0]
-    out = None
-    starts = range(0, n, batch_size)
+    n_feat = int(np.prod(cfg.feature_shape()))
+    out = np.empty((n, n_feat), dtype)
+
+    def launch(s: int):
+        x = np.asarray(images[s : s + batch_size], np.float32)
+        pad = batch_size - x.shape[0]
+        if pad:  # keep one compiled shape; BatchNorm is in eval mode so padding cannot leak
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+        return s, batch_size - pad, fn(state, x)
+
+    starts = list(range(0, n, batch_size))
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="features", unit="batch")
-    for s in starts:
-        x = jnp.asarray(images[s : s + batch_size])
-        pad = batch_size - x.shape[0]
-        if pad:  # keep one compiled shape; BatchNorm is in eval mode so padding cannot leak
-            x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-        f = np.asarray(fn(state, x))[: batch_size - pad]
-        if out is None:
-            out = np.empty((n, f.shape[1]), dtype)
-        out[s : s + f.shape[0]] = f
+        bar = tqdm(total=len(starts), desc="features", unit="batch")
+    pending = launch(starts[0]) if starts else None
+    for nxt in [*starts[1:], None]:
+        s, m, f = pending
+        pending = launch(nxt) if nxt is not None else None
+        out[s : s + m] = np.asarray(f)[:m]
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
     return out
 
 
@@ -248,18 +266,25 @@ def make_probe_train(
     return train
 
 
+@jax.jit
+def _count_correct(head: LinearHead, x: jax.Array, y: jax.Array) -> jax.Array:
+    # Module-level jit with the head as an argument: one compile per feature shape, shared by
+    # every head (a closure over ``head`` recompiled on each call).
+    return jnp.sum(jnp.argmax(x.astype(jnp.float32) @ head.w + head.b, -1) == y)
+
+
 def probe_accuracy(
     head: LinearHead, feats: jax.Array, labels: jax.Array, chunk: int = 2000
 ) -> float:
     """Test accuracy of a linear head (no dropout)."""
-
-    @jax.jit
-    def correct(x, y):
-        return jnp.sum(jnp.argmax(x.astype(jnp.float32) @ head.w + head.b, -1) == y)
-
     total = 0
     for s in range(0, feats.shape[0], chunk):
-        total += int(correct(jnp.asarray(feats[s : s + chunk]), jnp.asarray(labels[s : s + chunk])))
+        x, y = np.asarray(feats[s : s + chunk]), np.asarray(labels[s : s + chunk])
+        if x.shape[0] < chunk and feats.shape[0] > chunk:  # pad the tail: one compiled shape
+            pad = chunk - x.shape[0]
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.full((pad,), -1, y.dtype)])  # -1 never equals a class
+        total += int(_count_correct(head, x, y))
     return total / feats.shape[0]
 
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxsel.hebb import data, nets, train
+
+# Compilation dominates these small-shape tests on a 2-core CPU: skip XLA:CPU's LLVM
+# optimisation passes (about 3x faster compiles; results equal up to float rounding).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+# Op-by-op dispatch compiles every primitive once per shape (threefry for each init alone
+# cost seconds): build inputs with one small compiled program instead.
+init_net = jit(nets.init_net, static_argnums=1)
+batch_indices = jit(train.batch_indices, static_argnums=(1, 2))
+uniform = jit(jax.random.uniform, static_argnums=1)
 
 
 def test_lr_halving_epochs_follow_the_authors_step_schedule():
@@ -26,7 +37,7 @@ def test_probe_learns_separable_data_and_vmaps_over_seeds():
     y = rng.integers(0, 3, 300).astype(np.int32)
     x = (centers[y] + rng.normal(size=(300, 12))).astype(np.float32)
     fn = train.make_probe_train(train.ProbeConfig(epochs=5, batch_size=32, lr=1e-2), 3)
-    heads = jax.jit(jax.vmap(fn, in_axes=(0, None, None)))(
+    heads = jit(jax.vmap(fn, in_axes=(0, None, None)))(
         jax.random.split(jax.random.key(0), 2), jnp.asarray(x), jnp.asarray(y)
     )
     for i in range(2):
@@ -36,11 +47,10 @@ def test_probe_learns_separable_data_and_vmaps_over_seeds():
 
 def test_calibrate_batch_norm_changes_only_statistics():
     cfg = nets.digits_preset(8)
-    state = nets.init_net(jax.random.key(0), cfg)
-    images = jax.random.uniform(jax.random.key(1), (30, 8, 8, 1))
-    cal = train.calibrate_batch_norm(
-        state, images, train.batch_indices(jax.random.key(2), 30, 10, 0), cfg
-    )
+    state = init_net(jax.random.key(0), cfg)
+    images = uniform(jax.random.key(1), (30, 8, 8, 1))
+    batches = batch_indices(jax.random.key(2), 30, 10, 0)
+    cal = jit(lambda s, x, b: train.calibrate_batch_norm(s, x, b, cfg))(state, images, batches)
     np.testing.assert_array_equal(cal.weights[0], state.weights[0])
     assert float(jnp.abs(cal.bn[0].mean - state.bn[0].mean).max()) > 0.05
 
@@ -50,16 +60,17 @@ def test_backprop_control_runs_and_learns():
     d = data.load_digits()
     cfg = nets.digits_preset(8)
     probe = train.ProbeConfig(epochs=1, batch_size=16, lr=3e-3)
-    params = jax.jit(train.make_backprop_train(cfg, probe))(
+    params = jit(train.make_backprop_train(cfg, probe))(
         jax.random.key(0), jnp.asarray(d.x_train[:640]), jnp.asarray(d.y_train[:640])
     )
     assert train.backprop_accuracy(params, d.x_test, d.y_test, cfg) > 0.5
 
 
+@pytest.mark.slow  # orbax's async checkpointer costs ~10 s of wall time under load
 def test_net_state_orbax_round_trip(tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     cfg = nets.digits_preset(4)
-    state = nets.init_net(jax.random.key(0), cfg)
+    state = init_net(jax.random.key(0), cfg)
     with ocp.CheckpointManager(tmp_path / "ck") as mngr:
         mngr.save(1, args=ocp.args.StandardSave({"state": state}))
         mngr.wait_until_finished()
@@ -74,14 +85,16 @@ def digits_run(epochs: int, probe_epochs: int, seed: int = 0) -> tuple[float, fl
     cfg = nets.digits_preset()
     images = jnp.asarray(d.x_train)
     key = jax.random.key(seed)
+    # Plain jax.jit here: this is the acceptance run, with the library's optimised numerics.
     state, _ = jax.jit(train.make_unsupervised_train(cfg, batch_size=10, epochs=epochs))(
         key, images
     )
     k_init, k_data = jax.random.split(key)
-    rnd = train.calibrate_batch_norm(
-        nets.init_net(k_init, cfg), images, train.batch_indices(k_data, images.shape[0], 10, 0), cfg
+    batches = batch_indices(k_data, images.shape[0], 10, 0)
+    rnd = jit(lambda k, b: train.calibrate_batch_norm(nets.init_net(k, cfg), images, b, cfg))(
+        k_init, batches
     )
-    probe = jax.jit(train.make_probe_train(train.ProbeConfig(epochs=probe_epochs), 10))
+    probe = jit(train.make_probe_train(train.ProbeConfig(epochs=probe_epochs), 10))
     accs = []
     for s in (state, rnd):
         ftr = train.extract_features(s, d.x_train, cfg)
@@ -109,7 +122,7 @@ def test_digits_softhebb_beats_random_weights_other_seeds(seed):
 
 def test_dropout_fair_coins_are_unbiased_independent_bits():
     key = jax.random.key(3)
-    coins = np.asarray(jax.jit(lambda k: train._fair_coins(k, (64, 1000)))(key))
+    coins = np.asarray(jit(lambda k: train._fair_coins(k, (64, 1000)))(key))
     assert coins.dtype == bool and coins.shape == (64, 1000)
     n = coins.size
     assert abs(coins.mean() - 0.5) < 4 * 0.5 / np.sqrt(n)  # 4 sigma

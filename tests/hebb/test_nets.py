@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,15 @@ import numpy as np
 import pytest
 
 from jaxsel.hebb import layers, nets, rules, train
+
+# Compilation dominates these small-shape tests on a 2-core CPU: skip XLA:CPU's LLVM
+# optimisation passes (about 3x faster compiles; results equal up to float rounding).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+# Op-by-op dispatch compiles every primitive once per shape (threefry for each init alone
+# cost seconds): build inputs with one small compiled program instead.
+init_net = jit(nets.init_net, static_argnums=1)
+batch_indices = jit(train.batch_indices, static_argnums=(1, 2))
+uniform = jit(jax.random.uniform, static_argnums=1)
 
 
 def tiny_net(**kw) -> nets.NetConfig:
@@ -38,7 +48,7 @@ def tiny_net(**kw) -> nets.NetConfig:
 
 
 # One jitted step shared by the tests below (NetConfig is frozen, hence a hashable static arg).
-_hebbian_step = jax.jit(nets.hebbian_step, static_argnums=2)
+_hebbian_step = jit(nets.hebbian_step, static_argnums=2)
 
 
 def test_preset_shapes():
@@ -56,11 +66,11 @@ def test_preset_shapes():
 
 def test_hebbian_step_is_the_composition_of_block_steps():
     cfg = tiny_net()
-    state = nets.init_net(jax.random.key(0), cfg)
-    x = jax.random.uniform(jax.random.key(1), (5, 8, 8, 1))
+    state = init_net(jax.random.key(0), cfg)
+    x = uniform(jax.random.key(1), (5, 8, 8, 1))
     new, stats = _hebbian_step(state, x, cfg)
 
-    @jax.jit
+    @jit
     def by_hand(state, x):
         # block 0: BN with batch statistics, reflect pad, one conv_step
         xn, bn0 = layers.batch_norm(x, state.bn[0], train=True)
@@ -86,16 +96,16 @@ def test_hebbian_step_is_the_composition_of_block_steps():
 
 def test_make_unsupervised_train_chunks_and_vmap_over_seeds():
     cfg = tiny_net()
-    images = jax.random.uniform(jax.random.key(2), (24, 8, 8, 1))  # 6 batches: one chunk shape
+    images = uniform(jax.random.key(2), (24, 8, 8, 1))  # 6 batches: one chunk shape
     fn = train.make_unsupervised_train(cfg, batch_size=4, epochs=2)
-    state, wins = jax.jit(fn)(jax.random.key(3), images)
+    state, wins = jit(fn)(jax.random.key(3), images)
     # the same run in chunks of 3 steps (as the script does, e.g. after resuming)
     k_init, k_data = jax.random.split(jax.random.key(3))
-    s = nets.init_net(k_init, cfg)
+    s = init_net(k_init, cfg)
     w = tuple(jnp.zeros((b.out_channels,), jnp.int32) for b in cfg.blocks)
-    chunk = jax.jit(lambda s, w, b: train.unsupervised_chunk(s, w, images, b, cfg))
+    chunk = jit(lambda s, w, b: train.unsupervised_chunk(s, w, images, b, cfg))
     for e in range(2):
-        batches = train.batch_indices(k_data, 24, 4, e)
+        batches = batch_indices(k_data, 24, 4, e)
         for i in range(0, 6, 3):
             s, w = chunk(s, w, batches[i : i + 3])
     for a, b in zip(state.weights, s.weights):
@@ -107,19 +117,19 @@ def test_make_unsupervised_train_chunks_and_vmap_over_seeds():
 @pytest.mark.slow
 def test_unsupervised_train_vmaps_over_seeds():
     cfg = tiny_net()
-    images = jax.random.uniform(jax.random.key(2), (20, 8, 8, 1))
+    images = uniform(jax.random.key(2), (20, 8, 8, 1))
     fn = train.make_unsupervised_train(cfg, batch_size=4, epochs=1)
     keys = jax.random.split(jax.random.key(4), 2)
-    many, _ = jax.jit(jax.vmap(fn, in_axes=(0, None)))(keys, images)
-    one, _ = jax.jit(fn)(keys[1], images)
+    many, _ = jit(jax.vmap(fn, in_axes=(0, None)))(keys, images)
+    one, _ = jit(fn)(keys[1], images)
     np.testing.assert_allclose(many.weights[1][1], one.weights[1], rtol=1e-4, atol=1e-5)
 
 
 def test_features_use_running_statistics_and_are_finite_for_extreme_images():
     cfg = tiny_net()
-    state = nets.init_net(jax.random.key(5), cfg)
+    state = init_net(jax.random.key(5), cfg)
     x = 1e6 * jax.random.normal(jax.random.key(6), (5, 8, 8, 1))
-    feats = jax.jit(lambda s, x: nets.features(s, x, cfg))
+    feats = jit(lambda s, x: nets.features(s, x, cfg))
     f = feats(state, x)
     assert f.shape == (5, 2, 2, 6) and bool(jnp.all(jnp.isfinite(f)))
     # eval mode: an example does not depend on the rest of its batch
@@ -144,4 +154,4 @@ def test_config_errors():
         dataclasses.replace(tiny_net(), in_shape=(8, 8))
     cfg = tiny_net()
     with pytest.raises(ValueError, match="images must be"):
-        nets.features(nets.init_net(jax.random.key(0), cfg), jnp.ones((2, 9, 9, 1)), cfg)
+        nets.features(init_net(jax.random.key(0), cfg), jnp.ones((2, 9, 9, 1)), cfg)
