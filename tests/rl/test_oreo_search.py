@@ -20,7 +20,7 @@ jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 TCFG = T.TaskConfig(n_steps=2, modulus=5, max_len=20)
 MCFG = M.DecoderConfig(
-    vocab_size=T.VOCAB_SIZE, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=20
+    vocab_size=T.VOCAB_SIZE, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=20
 )
 
 
@@ -47,17 +47,19 @@ def test_decode_step_matches_forward_prefill_and_values():
         pre = M.prefill(pol, tokens, MCFG)
         # same trunk as ``forward`` on the same input: XLA shares the computation
         v = M.values({**pol, "value_head": head}, tokens, MCFG)
-        return inc, inc_hid, cache, full, hid, pre, v, M.values(val, tokens, MCFG)
+        return inc, inc_hid, cache, full, hid, pre, v
 
-    inc, inc_hid, cache, full, hid, pre, v, v0 = run(b.tokens)
+    inc, inc_hid, cache, full, hid, pre, v = run(b.tokens)
     np.testing.assert_allclose(inc, full, rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(inc_hid, hid, rtol=2e-4, atol=2e-4)
     # prefill builds the cache that token-by-token decoding builds
-    assert pre["k"].shape == (2, 20, 2, 8)
+    assert pre["k"].shape == (1, 20, 2, 8)
     np.testing.assert_allclose(pre["k"], cache["k"], rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(pre["v"], cache["v"], rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(v, np.asarray(hid) @ np.asarray(head["w"]) + 0.5, rtol=1e-4)
-    np.testing.assert_array_equal(v0, 0.0)  # zero-initialised scalar head
+    # zero-initialised scalar head: V = 0 everywhere at initialisation
+    np.testing.assert_array_equal(val["value_head"]["w"], 0.0)
+    np.testing.assert_array_equal(val["value_head"]["b"], 0.0)
     with pytest.raises(ValueError, match="value_head"):
         M.values(pol, b.tokens, MCFG)
 

@@ -66,8 +66,10 @@ def test_tiny_pipeline_smoke():
     assert abs(float(ls[0, 2])) < 1e-6  # KL(pi || pi_ref) = 0 before the first actor step
     assert float(jnp.abs(val["value_head"]["w"]).sum()) > 0.0  # the critic moved
     assert not np.allclose(pol2["lm_head"], pol["lm_head"])  # so did the actor
-    g = float(TR.greedy_accuracy(pol2, prompts, cfg))
-    assert g in {i / 8 for i in range(9)}
+    # sampling the trained policy reuses the compiled sampler (greedy decoding is checked
+    # against argmax in test_oreo_search; greedy_accuracy runs in the slow bench test)
+    off2, _ = TR.collect(pol2, prompts, jax.random.key(6), cfg, k=2, temperature=1.0)
+    assert set(np.unique(off2.reward)) <= {0.0, 1.0} and off2.tokens.shape == off.tokens.shape
 
 
 @pytest.mark.slow
