@@ -282,8 +282,12 @@ def chain_tilted_log_probs(
 ) -> tuple[np.ndarray, Array]:
     """Exact tilted law log [exp(lam r(x)) p(x) / Z] over all sequences; returns (seqs, logq)."""
     seqs = enumerate_sequences(chain.init.shape[0], length)
-    xs = jnp.asarray(seqs)
-    lp = jax.vmap(lambda x: chain_log_prob(chain, x))(xs)
-    r = jax.vmap(reward_fn)(xs)
-    logits = lp + lam * r
-    return seqs, logits - jax.nn.logsumexp(logits)
+
+    @jax.jit  # one compiled program instead of op-by-op dispatch over V^L sequences
+    def tilted(chain, xs, lam):
+        logits = jax.vmap(chain_log_prob, in_axes=(None, 0))(chain, xs) + lam * jax.vmap(reward_fn)(
+            xs
+        )
+        return logits - jax.nn.logsumexp(logits)
+
+    return seqs, tilted(chain, jnp.asarray(seqs), lam)
