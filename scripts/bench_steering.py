@@ -9,7 +9,9 @@ best-of-N argmax (``best_of_n``, independent of lam), best-of-N with softmax(lam
 (``bon_softmax``, sampling-importance-resampling), SVDD-PM (``svdd_pm``), SVDD-PM with alpha = 0
 (``svdd_pm_argmax``, the authors' default), SVDD-R with properly weighted chain resampling
 (``svdd_r``, chains x 4 candidates), SVDD with the exact soft value (``svdd_exact_soft_value``,
-oracle, model (a) only), SVDD-MC with a regressed value (``svdd_mc``, model (b)), FK steering
+oracle, model (a) only), SVDD-MC with value networks regressed on rollouts of the model's own
+sampler (``svdd_mc``: mean value E[r | x_t]; ``svdd_mc_soft``: soft value (1/lam) log E[exp(lam r)
+| x_t]; weights from scripts/train_diffusion_toys.py, models (a) and (b)), FK steering
 (``fk_diff_ess``: DIFF, adaptive ESS < k/2) and SMC (DIFF, resample every step). For each budget n
 (particles / candidates / samples) and seed we report denoiser and reward calls per output
 sample, median, mean and top-10% reward, naturalness (exact log p under the base model where
@@ -19,6 +21,7 @@ the chain), samples/s and compile time apart.
 
     nice -n 10 python scripts/bench_steering.py --models a --budgets 1,4,16,32 --skip-n1
     nice -n 10 python scripts/bench_steering.py --models b,d --budgets 1,4,16,32 --skip-n1
+    (results/diffusion/README.md lists the exact commands of the committed results)
 """
 
 from __future__ import annotations
