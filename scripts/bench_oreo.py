@@ -2,7 +2,7 @@
 beam search, majority vote vs Soft Self-Consistency. Table of mean +/- std, JSON and PNG under
 results/oreo/.
 
-    nice -n 10 python scripts/bench_oreo.py --seeds 0 1 2          # full experiment
+    nice -n 10 python scripts/bench_oreo.py --seeds 0 1 2 --tag full   # results/oreo (3 seeds)
     python scripts/bench_oreo.py --quick                           # ~1 minute smoke run
 """
 

@@ -68,32 +68,32 @@ class OreoConfig:
     p_err: float = 0.05
     p_confuse: float = 0.6
     sft_examples: int = 8192
-    sft_steps: int = 1500
+    sft_steps: int = 800
     sft_lr: float = 2e-3
     batch_size: int = 64
     # offline RL data: K samples per prompt from the current policy
     n_prompts: int = 512
     k_samples: int = 8
     temperature: float = 1.0
-    rl_steps: int = 300
+    rl_steps: int = 200
     lr: float = 3e-4
     critic_lr: float = 1e-3
     beta: float = 0.03
     kl_coef: float = 0.01
     kl_coef_step: float = 0.1
     dpo_beta: float = 0.1
-    oreo_rounds: int = 3
+    oreo_rounds: int = 2
     n_eval: int = 512
-    n_eval_beam: int = 128  # beam search costs ~B^2 samples per prompt: evaluated on a prefix
+    n_eval_beam: int = 64  # beam search costs ~B^2 samples per prompt: evaluated on a prefix
     # critic-only fit of the final policy's value for beam search (make_value_fit)
-    value_steps: int = 400
+    value_steps: int = 1500
     value_lr: float = 1e-3
-    value_prompts: int = 512
+    value_prompts: int = 1024
     # initialise the fitted value from the final policy's trunk (which no longer carries the SFT
     # model's preference for the '*'->'+' slip) rather than from the jointly trained value
     value_from_policy: bool = True
-    beam_temperature: float = 1.0
-    n_eval_sc: int = 512  # held-out prompts for majority vote vs Soft-SC (sampling is cheap)
+    beam_temperature: float = 0.7
+    n_eval_sc: int = 2048  # held-out prompts for majority vote vs Soft-SC (sampling is cheap)
     # compile without XLA's expensive backend passes: ~3x faster compiles, slower steps; for
     # tests and the quick smoke run, where compilation dominates
     fast_compile: bool = False
