@@ -176,10 +176,9 @@ def test_vmap_over_weights_and_traced_hyperparameters():
     lrs = jnp.asarray([0.01, 0.05, 0.2])
     f = jit(jax.vmap(lambda w, lr: rules.conv_step(x, w, t_invert=1.0, lr=lr)))
     got = f(ws, lrs)
+    one = jit(lambda w, lr: rules.conv_step(x, w, t_invert=1.0, lr=lr))  # unbatched, traced lr
     for i in range(3):
-        np.testing.assert_allclose(
-            got[i], rules.conv_step(x, ws[i], t_invert=1.0, lr=float(lrs[i])), rtol=1e-5, atol=1e-6
-        )
+        np.testing.assert_allclose(got[i], one(ws[i], lrs[i]), rtol=1e-5, atol=1e-6)
     # per-example (unbatched) pre-activations vmap like any pure function
     u = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
     np.testing.assert_allclose(
