@@ -402,6 +402,8 @@ def plot_lam_sweep(summary, floors, n: int, path: Path):
 
     rows = [s for s in summary if s["model"].startswith("a_gmm_exact") and s["n"] == n]
     lams = sorted({s["lam"] for s in rows})
+    if not lams:  # no run at the sweep budget
+        return
     meths = sorted({s["method"] for s in rows})
     fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.8 / len(lams)
