@@ -1,5 +1,5 @@
 """Value ranking diagnostic (third session): in-sample vs held-out best-of-K by V as a function of the
-critic-only fit's data. Run: /work/notes/longrun.sh LOG .venv/bin/python results/oreo/value_diagnostic.py"""
+critic-only fit's data. Run: nice -n 10 /usr/bin/time .venv/bin/python results/oreo/value_diagnostic.py"""
 
 import dataclasses
 import resource
