@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hebb_jit import batch_indices, init_net, jit, uniform
 
 from jaxsel.hebb import data, nets, train
-
-# Compilation dominates these small-shape tests on a 2-core CPU: skip XLA:CPU's LLVM
-# optimisation passes (about 3x faster compiles; results equal up to float rounding).
-jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-# Op-by-op dispatch compiles every primitive once per shape (threefry for each init alone
-# cost seconds): build inputs with one small compiled program instead.
-init_net = jit(nets.init_net, static_argnums=1)
-batch_indices = jit(train.batch_indices, static_argnums=(1, 2))
-uniform = jit(jax.random.uniform, static_argnums=1)
 
 
 def test_lr_halving_epochs_follow_the_authors_step_schedule():

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hebb_jit import jit
 
 from jaxsel.hebb import layers
-
-# Compilation dominates these small-shape tests on a 2-core CPU: skip XLA:CPU's LLVM
-# optimisation passes (about 3x faster compiles; results equal up to float rounding).
-jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def test_batch_norm_matches_numpy_train_and_eval():

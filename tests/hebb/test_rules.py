@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hebb_jit import jit
 
 from jaxsel.hebb import rules
-
-# Compilation dominates these small-shape tests on a 2-core CPU: skip XLA:CPU's LLVM
-# optimisation passes (about 3x faster compiles; results equal up to float rounding).
-jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
 
 # ----------------------------------------------------------------------------- NumPy reference
 
