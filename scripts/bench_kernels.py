@@ -125,7 +125,6 @@ def bench_one(cfg: Config, n: int) -> list[dict[str, Any]]:
     k_bytes = k.size * k.dtype.itemsize
     it = cfg.iters
     rows: list[dict[str, Any]] = []
-    sel_kw = dict(top_k=cfg.top_k, n_sink=cfg.n_sink, n_local=cfg.n_local)
 
     # Bandwidth reference: read + write every byte of K once.
     t_copy = time_fn(lambda a: a * jnp.asarray(1, a.dtype), k, name="copy", iters=it)
@@ -142,10 +141,14 @@ def bench_one(cfg: Config, n: int) -> list[dict[str, Any]]:
     )
     for name in cfg.topk_impls or ("xla_radix", *resolve_impls(cfg)[1:]):
         interp = cfg.interpret and name not in ("xla", "xla_radix")
-        t = time_fn(
-            lambda a, m=name, i=interp: topk(a, cfg.top_k, implementation=m, interpret=i),
-            x, name=f"topk {name}", iters=it,
-        )  # fmt: skip
+        try:
+            t = time_fn(
+                lambda a, m=name, i=interp: topk(a, cfg.top_k, implementation=m, interpret=i),
+                x, name=f"topk {name}", iters=it,
+            )  # fmt: skip
+        except Exception as e:  # one backend failing must not discard the others' rows
+            rows.append(_error_row(f"topk {name}", n, e))
+            continue
         rows.append(_row(f"topk {name}", n, t, speedup_vs_lax=t_lax.median_s / t.median_s))
 
     def dense(q, k, v, n_):
@@ -158,41 +161,89 @@ def bench_one(cfg: Config, n: int) -> list[dict[str, Any]]:
     rows.append(_row("decode dense (jax.nn.dot_product_attention)", n, t_dense, ratio_to_dense=1.0))
 
     # Per backend, in the same run: scoring pass, each op alone, a whole decode step.
-    base: dict[str, float] = {}
+    base: dict[str, Any] = {}
     for impl in resolve_impls(cfg):
-        interp = cfg.interpret and impl not in ("xla", "xla_radix")
+        try:
+            rows += _bench_impl(cfg, impl, n, q, k, v, kv_len, k_bytes, copy_bw, t_dense, base)
+        except Exception as e:  # keep the other backends' rows; the error is in the table
+            rows.append(_error_row(f"[{impl}]", n, e))
+            print(f"N={n} {impl}: {type(e).__name__}: {e}", file=sys.stderr)
+    return rows
 
-        def tag(op: str, key: str, t: Any, _impl: str = impl, **extra: Any) -> dict[str, Any]:
-            if _impl == "xla":
-                base[key] = t.median_s
-            ratio = base[key] / t.median_s if key in base else None
-            return _row(f"{op} [{_impl}]", n, t, impl=_impl, speedup_vs_xla=ratio, **extra)
 
-        score_fn = scoring_fn(cfg, impl, n, interp)
-        t = time_fn(score_fn, q, k, kv_len, name=f"scoring {impl}", iters=it)
-        bw = k_bytes / t.median_s
-        rows.append(tag("scoring+vote", "score", t, GBps=bw / 1e9, frac_of_copy=bw / copy_bw))
+def _error_row(name: str, n: int, e: Exception) -> dict[str, Any]:
+    return {"op": f"{name} ERROR", "N": n, "error": f"{type(e).__name__}: {e}"[:800]}
 
-        def select(q, k, n_, _impl=impl, _interp=interp):
-            return token_select(q, k, n_, implementation=_impl, interpret=_interp, **sel_kw)
 
-        def attend(q, k, v, i, ok, _impl=impl, _interp=interp):
-            return sparse_decode_attention(q, k, v, i, ok, implementation=_impl, interpret=_interp)
+def _bench_impl(
+    cfg: Config,
+    impl: str,
+    n: int,
+    q: Any,
+    k: Any,
+    v: Any,
+    kv_len: Any,
+    k_bytes: int,
+    copy_bw: float,
+    t_dense: Any,
+    base: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Scoring pass, each op alone and a whole decode step for one backend.
 
-        def step(q, k, v, n_, _select=select, _attend=attend):
-            i, ok = _select(q, k, n_)
-            return _attend(q, k, v, i, ok)
+    ``base`` holds the ``xla`` backend's times and outputs (filled when ``impl == "xla"``, which runs
+    first); every other backend is checked against them on the same inputs: the fraction of its
+    selected indices that ``xla`` selected too, and the relative error of its attention output over
+    ``xla``'s selection.
+    """
+    it = cfg.iters
+    sel_kw = dict(top_k=cfg.top_k, n_sink=cfg.n_sink, n_local=cfg.n_local)
+    rows: list[dict[str, Any]] = []
+    interp = cfg.interpret and impl not in ("xla", "xla_radix")
 
-        t_sel = time_fn(select, q, k, kv_len, name=f"token_select {impl}", iters=it)
-        rows.append(tag("token_select", "select", t_sel))
-        idx, valid = jax.jit(select)(q, k, kv_len)
-        t_att = time_fn(attend, q, k, v, idx, valid, name=f"sparse_decode {impl}", iters=it)
-        rows.append(tag("sparse_decode_attention", "attend", t_att))
-        t_step = time_fn(step, q, k, v, kv_len, name=f"tokenselect step {impl}", iters=it)
-        rows.append(
-            tag("decode TokenSelect (select + sparse)", "step", t_step,
-                ratio_to_dense=t_step.median_s / t_dense.median_s)
-        )  # fmt: skip
+    def tag(op: str, key: str, t: Any, _impl: str = impl, **extra: Any) -> dict[str, Any]:
+        if _impl == "xla":
+            base[key] = t.median_s
+        ratio = base[key] / t.median_s if key in base else None
+        return _row(f"{op} [{_impl}]", n, t, impl=_impl, speedup_vs_xla=ratio, **extra)
+
+    score_fn = scoring_fn(cfg, impl, n, interp)
+    t = time_fn(score_fn, q, k, kv_len, name=f"scoring {impl}", iters=it)
+    bw = k_bytes / t.median_s
+    rows.append(tag("scoring+vote", "score", t, GBps=bw / 1e9, frac_of_copy=bw / copy_bw))
+
+    def select(q, k, n_, _impl=impl, _interp=interp):
+        return token_select(q, k, n_, implementation=_impl, interpret=_interp, **sel_kw)
+
+    def attend(q, k, v, i, ok, _impl=impl, _interp=interp):
+        return sparse_decode_attention(q, k, v, i, ok, implementation=_impl, interpret=_interp)
+
+    def step(q, k, v, n_, _select=select, _attend=attend):
+        i, ok = _select(q, k, n_)
+        return _attend(q, k, v, i, ok)
+
+    t_sel = time_fn(select, q, k, kv_len, name=f"token_select {impl}", iters=it)
+    rows.append(tag("token_select", "select", t_sel))
+    idx, valid = jax.jit(select)(q, k, kv_len)
+    check: dict[str, Any] = {}
+    if impl == "xla":
+        base["idx"], base["valid"] = idx, valid
+        base["out"] = jax.jit(attend)(q, k, v, idx, valid)
+    elif "idx" in base:
+        want_idx, want_ok = np.asarray(base["idx"]), np.asarray(base["valid"])
+        got_idx, got_ok = np.asarray(idx), np.asarray(valid)
+        check["index_agreement_vs_xla"] = float(
+            np.isin(got_idx[got_ok], want_idx[want_ok]).sum() / max(int(want_ok.sum()), 1)
+        )
+        out = np.asarray(jax.jit(attend)(q, k, v, base["idx"], base["valid"]), np.float64)
+        ref = np.asarray(base["out"], np.float64)
+        check["rel_err_vs_xla"] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    t_att = time_fn(attend, q, k, v, idx, valid, name=f"sparse_decode {impl}", iters=it)
+    rows.append(tag("sparse_decode_attention", "attend", t_att, **check))
+    t_step = time_fn(step, q, k, v, kv_len, name=f"tokenselect step {impl}", iters=it)
+    rows.append(
+        tag("decode TokenSelect (select + sparse)", "step", t_step,
+            ratio_to_dense=t_step.median_s / t_dense.median_s)
+    )  # fmt: skip
     return rows
 
 
@@ -253,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     cols = ["op", "N", "median_ms", "compile_s", "GBps", "frac_of_copy", "speedup_vs_lax",
-            "speedup_vs_xla", "ratio_to_dense"]  # fmt: skip
+            "speedup_vs_xla", "ratio_to_dense", "index_agreement_vs_xla",
+            "rel_err_vs_xla"]  # fmt: skip
     print(format_table(rows, cols))
     print(f"wrote {Path(cfg.out)}")
     return 0

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One-command GPU check of pallas_kernels: install (no network, no deps), report the device, run
-# the GPU tests and the kernel benchmarks. Everything lands in the folder given as $1.
+# the GPU tests, the kernel benchmarks and the block-size variants. Everything lands in the folder given as $1.
 #
-#   bash scripts/device_check.sh /tmp/device_out          # < 8 min on one H100/H200
+#   bash scripts/device_check.sh /tmp/device_out   # H200: 109 s at 2 N without the variants
 #
 # Assumes Python + jax (CUDA) preinstalled. Works (and reports the CPU device) without a GPU too.
 # Env: PYTHON (default python3), BENCH_ARGS (extra args for bench_kernels.py, e.g. "--small"),
 #      BENCH_IMPLS (backends compared in the same run; default "xla mosaic_gpu" on a GPU).
 # Quick CPU check of the script itself (interpreted kernels, tiny shapes, ~3 min):
-#   BENCH_ARGS="--tiny --interpret" BENCH_IMPLS="xla mosaic_gpu" bash scripts/device_check.sh /tmp/dc
+#   BENCH_ARGS="--tiny --interpret" BENCH_IMPLS="xla mosaic_gpu" \
+#   VARIANT_ARGS="--ns 4096 --k 64 --iters 2 --interpret" bash scripts/device_check.sh /tmp/dc
 set -u -o pipefail
 OUT="${1:?usage: scripts/device_check.sh OUT_DIR}"
 mkdir -p "$OUT"
@@ -48,20 +49,31 @@ command -v nvidia-smi >/dev/null && nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 
 # 3. GPU tests (skip with a reason on a machine without a GPU): the paper-shape checks, then the
 #    mosaic_gpu kernel tests, which run compiled on a GPU (interpreted on CPU; f32 cases skip there).
-timeout 120 "$PY" -m pytest -m gpu tests/pallas_kernels tests/kernels -q -rs -p no:cacheprovider \
-  >"$OUT/pytest_gpu.log" 2>&1
+#    A per-test timeout (pytest-timeout, where installed) stops a hung kernel from eating the budget.
+export PYTHONUNBUFFERED=1
+PT_TIMEOUT=()
+"$PY" -c "import pytest_timeout" 2>/dev/null && PT_TIMEOUT=(--timeout "${TEST_TIMEOUT:-90}" --timeout-method thread)
+timeout "${GPU_TESTS_S:-120}" "$PY" -m pytest -m gpu tests/pallas_kernels tests/kernels -q -rs \
+  -p no:cacheprovider "${PT_TIMEOUT[@]}" >"$OUT/pytest_gpu.log" 2>&1
 log "pytest -m gpu tests/pallas_kernels tests/kernels: exit $? ($(tail -n 1 "$OUT/pytest_gpu.log"))"
 if [ "$(head -n 2 "$OUT/device.txt" | tail -n 1)" = "backend gpu" ]; then
-  timeout 90 "$PY" -m pytest tests/kernels -q -rs -p no:cacheprovider \
-    >"$OUT/pytest_mosaic_gpu.log" 2>&1
+  timeout "${MGPU_TESTS_S:-120}" "$PY" -m pytest tests/kernels -q -rs -p no:cacheprovider \
+    "${PT_TIMEOUT[@]}" >"$OUT/pytest_mosaic_gpu.log" 2>&1
   log "pytest tests/kernels (compiled mosaic_gpu): exit $? ($(tail -n 1 "$OUT/pytest_mosaic_gpu.log"))"
 fi
 
 # 4. Benchmarks; the JSON is rewritten after each N, so a timeout keeps the finished sizes.
 IMPLS=()
 [ -n "${BENCH_IMPLS:-}" ] && IMPLS=(--impls $BENCH_IMPLS)
-timeout 240 "$PY" scripts/bench_kernels.py --out "$OUT/bench_kernels.json" "${IMPLS[@]}" ${BENCH_ARGS:-} \
+timeout "${BENCH_S:-240}" "$PY" scripts/bench_kernels.py --out "$OUT/bench_kernels.json" "${IMPLS[@]}" ${BENCH_ARGS:-} \
   >"$OUT/bench_kernels.log" 2>&1
 log "bench_kernels: exit $? -> $OUT/bench_kernels.json"
 tail -n 40 "$OUT/bench_kernels.log" | tee -a "$OUT/summary.txt"
+# 5. Block-size variants and per-stage times (tuning data; VARIANTS=0 skips it).
+if [ "${VARIANTS:-1}" = 1 ]; then
+  timeout "${VARIANTS_S:-200}" "$PY" scripts/bench_kernel_variants.py \
+    --out "$OUT/bench_kernel_variants.json" ${VARIANT_ARGS:-} >"$OUT/bench_kernel_variants.log" 2>&1
+  log "bench_kernel_variants: exit $? -> $OUT/bench_kernel_variants.json"
+  tail -n 60 "$OUT/bench_kernel_variants.log" | tee -a "$OUT/summary.txt"
+fi
 log "done in $(($(date +%s) - START)) s"

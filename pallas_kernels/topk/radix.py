@@ -9,8 +9,12 @@ For one row of int32 keys (:func:`~pallas_kernels.topk.reference.sortable_keys`)
    ``c_d >= k``. The search runs on the bit pattern ``U = key ^ INT_MIN`` (unsigned order) so that
    building candidates is a bitwise OR; candidates are compared back in the signed domain.
 2. Ties. ``need = k - count(key > T) >= 1`` of the keys equal to ``T`` are taken, lowest index first.
-3. Compaction: the selected indices in ascending index order (``nonzero`` here; the kernels compact
-   tile by tile without a prefix-sum primitive).
+3. Compaction: the selected indices in ascending index order (:func:`compact_mask`: a prefix sum
+   gives each selected index its output slot, one scatter writes it; the TPU kernel compacts tile
+   by tile without a prefix-sum primitive).
+
+The ``32 / radix_bits`` passes are unrolled (a Python loop): on a GPU an XLA while loop reads its
+predicate back to the host every iteration.
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ def next_digit(counts: jax.Array, k: jax.Array | int) -> jax.Array:
 def kth_largest_key(keys: jax.Array, k: int, *, radix_bits: int = 4) -> jax.Array:
     """The k-th largest entry of the int32 row ``keys`` (``[N]``), by radix descent."""
 
-    def one_pass(i: jax.Array, lo_u: jax.Array) -> jax.Array:
+    def one_pass(i: int, lo_u: jax.Array) -> jax.Array:
         shift = 32 - radix_bits * (i + 1)
         cands = digit_candidates(lo_u, shift, radix_bits)
         counts = jnp.sum(keys[None, :] >= cands[:, None], axis=1, dtype=jnp.int32)
         return lo_u | lax.shift_left(next_digit(counts, k), shift)
 
-    lo_u = lax.fori_loop(0, 32 // radix_bits, one_pass, jnp.int32(0))
+    lo_u = jnp.int32(0)
+    for i in range(32 // radix_bits):
+        lo_u = one_pass(i, lo_u)
     return lo_u ^ jnp.int32(INT_MIN)
 
 
@@ -62,13 +68,26 @@ def mask_above(keys: jax.Array, t: jax.Array, k: int) -> jax.Array:
     return (keys > t) | (tie & (jnp.cumsum(tie, dtype=jnp.int32) <= need))
 
 
+def compact_mask(mask: jax.Array, k: int) -> jax.Array:
+    """The indices of the ``k`` true entries of the ``[N]`` bool ``mask``, ascending, as ``[k]`` int32.
+
+    ``jnp.nonzero(mask, size=k)`` computes the same through a ``bincount`` over all N prefix sums,
+    a scatter-add whose updates pile onto few slots; here each true entry has its own slot
+    (``cumsum(mask) - 1``) and the N - k others are dropped by the scatter.
+    """
+    n = mask.shape[-1]
+    slot = jnp.where(mask, jnp.cumsum(mask, dtype=jnp.int32) - 1, k)
+    out = jnp.zeros((k,), jnp.int32)
+    return out.at[slot].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
+
+
 @functools.partial(jax.jit, static_argnames=("k", "radix_bits"))
 def topk_set_radix(x: jax.Array, k: int, *, radix_bits: int = 4) -> jax.Array:
     """Indices ``[..., k]`` int32 of the top-``k`` entries of each row, in ascending index order."""
 
     def row(xr: jax.Array) -> jax.Array:
         mask = select_mask(sortable_keys(xr), k, radix_bits=radix_bits)
-        return jnp.nonzero(mask, size=k)[0].astype(jnp.int32)
+        return compact_mask(mask, k)
 
     flat = x.reshape(-1, x.shape[-1])
     return jax.vmap(row)(flat).reshape(*x.shape[:-1], k)

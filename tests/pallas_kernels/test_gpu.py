@@ -3,8 +3,6 @@ against NumPy, and the dispatch rules there. Run by ``scripts/device_check.sh``.
 
 from __future__ import annotations
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,20 +25,19 @@ def test_topk_1m_matches_numpy(implementation):
     np.testing.assert_array_equal(np.asarray(v), np.take_along_axis(x, want, -1))
 
 
-def test_token_select_paper_shapes_selects_top_votes():
+@pytest.mark.parametrize("implementation", ["xla", "mosaic_gpu"])
+def test_token_select_paper_shapes_selects_top_votes(implementation):
     n, hq, hkv, d = 1 << 16, 32, 8, 128
-    kw = dict(top_k=2048, n_sink=128, n_local=512)
+    kw = dict(top_k=2048, n_sink=128, n_local=512, implementation=implementation)
     key = jax.random.key(0)
     q = jax.random.normal(key, (hq, d), jnp.bfloat16)
     k = jax.random.normal(jax.random.fold_in(key, 1), (n, hkv, d), jnp.bfloat16)
     kv_len = n - 1000
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # fallback warning when no GPU kernel
-        idx, ok = jax.jit(lambda q, k, n_: pk.token_select(q, k, n_, **kw))(q, k, jnp.int32(kv_len))
+    idx, ok = jax.jit(lambda q, k, n_: pk.token_select(q, k, n_, **kw))(q, k, jnp.int32(kv_len))
     idx, ok = np.asarray(idx), np.asarray(ok)
     assert ok.all() and (np.diff(idx) > 0).all()
-    # Votes in float64 on the host: every selected middle token outvotes every dropped one
-    # (up to f32 rounding of the device's votes).
+    # Votes in float64 on the host: every selected middle token outvotes every dropped one, up to
+    # the f32 rounding of the device's scores (relative 1e-3 at the selection boundary).
     qf = np.asarray(q.astype(jnp.float32), np.float64)
     kf = np.asarray(k.astype(jnp.float32), np.float64)
     s = np.einsum("kgd,nkd->kgn", qf.reshape(hkv, hq // hkv, d), kf).reshape(hq, n)
@@ -50,30 +47,39 @@ def test_token_select_paper_shapes_selects_top_votes():
     vote = (p / p.sum(1, keepdims=True)).sum(0)
     chosen = np.isin(cand, idx)
     assert chosen.sum() == 2048
-    assert vote[chosen].min() >= vote[~chosen].max() - 1e-5 * vote.max()
+    assert vote[chosen].min() >= vote[~chosen].max() * (1 - 1e-3)
     np.testing.assert_array_equal(idx[:128], np.arange(128))
     np.testing.assert_array_equal(idx[-512:], np.arange(kv_len - 512, kv_len))
 
 
-def test_sparse_decode_matches_numpy():
+@pytest.mark.parametrize(
+    "implementation,dtype,tol",
+    # f32 on XLA may multiply as tf32 on a GPU (relative ~3e-4); bf16 operands ~1e-3..1e-2.
+    [("xla", np.float32, 2e-3), ("xla", jnp.bfloat16, 1e-2), ("mosaic_gpu", jnp.bfloat16, 1e-2)],
+)
+def test_sparse_decode_matches_numpy(implementation, dtype, tol):
     rng = np.random.default_rng(1)
     n, hq, hkv, d, b = 1 << 15, 32, 8, 128, 2688
-    q = rng.standard_normal((hq, d)).astype(np.float32)
-    k = rng.standard_normal((n, hkv, d)).astype(np.float32)
-    v = rng.standard_normal((n, hkv, d)).astype(np.float32)
+    q, k, v = (
+        jnp.asarray(rng.standard_normal(shape), dtype)
+        for shape in ((hq, d), (n, hkv, d), (n, hkv, d))
+    )
     idx = np.sort(rng.choice(n, b, replace=False)).astype(np.int32)
     ok = np.arange(b) < b - 7
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        got = np.asarray(pk.sparse_decode_attention(q, k, v, jnp.asarray(idx), jnp.asarray(ok)))
+    got = pk.sparse_decode_attention(
+        q, k, v, jnp.asarray(idx), jnp.asarray(ok), implementation=implementation
+    )
+    got = np.asarray(jnp.asarray(got, jnp.float32), np.float64)
+    assert np.isfinite(got).all()
+    qf, kf, vf = (np.asarray(jnp.asarray(a, jnp.float32), np.float64) for a in (q, k, v))
     g = hq // hkv
     want = np.zeros((hq, d))
     sel = idx[ok]
     for h in range(hq):
-        s = k[sel, h // g].astype(np.float64) @ q[h] / np.sqrt(d)
+        s = kf[sel, h // g] @ qf[h] / np.sqrt(d)
         p = np.exp(s - s.max())
-        want[h] = (p / p.sum()) @ v[sel, h // g]
-    np.testing.assert_allclose(got, want, atol=1e-5)
+        want[h] = (p / p.sum()) @ vf[sel, h // g]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < tol
 
 
 def test_default_dispatch_on_gpu():
