@@ -20,13 +20,15 @@ vote ``vote[j] = sum_h exp(s_h[j] - M_h) / L_h`` is one fused XLA pass over the 
 (``4 Hq N`` bytes, 1/16 of the bf16 K bytes at Hq=32, Hkv=8, d=128), and the exact top-k over the
 votes is the plain-JAX radix select (:func:`pallas_kernels.topk_set`, ``"xla"``).
 
-Tested here: the kernel in the Mosaic GPU interpreter on jax 0.10.2 and 0.12 (identical indices to
-the reference), and the CUDA lowering of the device path (Mosaic GPU layout inference included) on
-a CPU-only machine. In the interpreter, step 2's ``Q K^T`` is a ``lax.dot_general`` on the same
-SMEM contents, because the interpreter cannot run wgmma on a transposed ref; the device's wgmma
-call is lowered but never executed here. Untested without a GPU: the PTX compile,
-running on an H100/H200, and speed. On the device, f32 caches are refused (``NotImplementedError``:
-wgmma would multiply them as tf32), so ``implementation=None`` uses XLA for them.
+Tested: the kernel in the Mosaic GPU interpreter on jax 0.10.2 and 0.12 (identical indices to
+the reference; there step 2's ``Q K^T`` is a ``lax.dot_general`` on the same SMEM contents, because
+the interpreter cannot run wgmma on a transposed ref), its CUDA lowering on a CPU-only machine, and
+compiled on an H200 (jax 0.11.2, 2026-11-26): identical indices to the reference at N = 64K with
+Hq = 32, Hkv = 8, d = 128, bf16, and to ``xla`` at 128K / 512K / 1M (``scripts/device_check.sh``,
+at ``block_kv`` = 256, the default then). Speed there: the scoring pass is 0.55-0.89x as fast as
+XLA's fused einsum + softmax at the 256 default and 0.78x at the 64 default (1.13 vs 0.89 ms at
+1M), so ``implementation=None`` keeps ``xla`` (``results/gpu/README.md``). f32 caches are refused
+on the device (``NotImplementedError``: wgmma would multiply them as tf32).
 """
 
 from __future__ import annotations
@@ -78,9 +80,15 @@ def _score_kernel(
 
 
 def default_block_kv(n: int, d: int) -> int:
-    """K tiles of 256 tokens (d <= 128) or 128, never more whole tiles than the cache holds."""
-    cap = 256 if d <= 128 else 128
-    return max(64, min(cap, n // 64 * 64))
+    """K tiles of 64 tokens.
+
+    Measured on an H200 at N = 1M, d = 128 (``results/gpu/bench_kernel_variants.json``): 64 / 128 /
+    256 tokens per block take 1.13 / 1.20 / 1.47 ms. A block's SMEM (the 64-row query group, the K
+    tile and the f32 ``[64, block_kv]`` scores) is ~49 KiB at 64, so 4 blocks share an SM and their
+    TMA loads overlap each other's compute; at 256 (~145 KiB) one block per SM loads, then computes.
+    """
+    del n, d
+    return 64
 
 
 @functools.partial(

@@ -168,8 +168,8 @@ def test_dispatch_rules(monkeypatch):
         calls.append(a[1].dtype)
         return real(*a, **{**kw, "interpret": False})
 
-    # (as it will once validated on hardware; until then None does not pick mosaic_gpu)
-    monkeypatch.setattr(_dispatch, "NOT_DEFAULT_UNTIL_VALIDATED", frozenset())
+    # (as it will once it measures faster than xla; until then None does not pick mosaic_gpu)
+    monkeypatch.setattr(_dispatch, "NOT_DEFAULT", {})
     monkeypatch.setattr(_dispatch, "default_backend_kind", lambda: "gpu")
     monkeypatch.setitem(ts_api._IMPLS, "mosaic_gpu", spy)
     with pytest.warns(RuntimeWarning, match="falling back to 'xla'"):

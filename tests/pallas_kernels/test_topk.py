@@ -116,19 +116,28 @@ def test_explicit_backend_without_device_raises():
 
 
 def test_default_falls_back_to_xla_with_one_warning(monkeypatch):
-    """Pretend to be on a GPU, where no validated Pallas topk backend exists: 'xla', warned once."""
-    from pallas_kernels import _dispatch
-
-    monkeypatch.setattr(_dispatch, "default_backend_kind", lambda: "gpu")
-    _dispatch._warn_once.cache_clear()
-    x = jnp.arange(10.0)
-    with pytest.warns(RuntimeWarning, match="falling back to 'xla'"):
-        _, i = topk(x, 3)
-    np.testing.assert_array_equal(np.asarray(i), [9, 8, 7])
+    """``implementation=None``: on a GPU 'xla' is the measured best (no warning); on a TPU without a
+    registered Pallas backend 'xla' is a fallback, warned once."""
     import warnings
 
+    from pallas_kernels import _dispatch
+    from pallas_kernels.topk import api as topk_api
+
+    x = jnp.arange(10.0)
+    monkeypatch.setattr(_dispatch, "default_backend_kind", lambda: "gpu")
+    _dispatch._warn_once.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, i = topk(x, 3)
+    np.testing.assert_array_equal(np.asarray(i), [9, 8, 7])
+    with pytest.raises(RuntimeError, match="needs a 'tpu' device"):
+        topk(x, 3, implementation="mosaic_tpu")
+
+    monkeypatch.setattr(_dispatch, "default_backend_kind", lambda: "tpu")
+    monkeypatch.delitem(topk_api._TOPK, "mosaic_tpu", raising=False)
+    with pytest.warns(RuntimeWarning, match="'mosaic_tpu' unavailable \\(not registered"):
+        _, i = topk(x, 3)
+    np.testing.assert_array_equal(np.asarray(i), [9, 8, 7])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         topk(x, 3)  # second call: no warning
-    with pytest.raises(RuntimeError, match="needs a 'tpu' device"):
-        topk(x, 3, implementation="mosaic_tpu")
