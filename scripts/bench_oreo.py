@@ -4,6 +4,9 @@ results/oreo/.
 
     nice -n 10 python scripts/bench_oreo.py --seeds 0 1 2 --tag full   # results/oreo (3 seeds)
     python scripts/bench_oreo.py --quick                           # ~1 minute smoke run
+    # majority vote vs Soft-SC only, on the task with random (not systematic) SFT step errors
+    nice -n 10 python scripts/bench_oreo.py --sc-only --p-err 0.15 --p-confuse 0 \
+        --seeds 0 1 2 --tag sc_random_errors
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from train_oreo import build_config, run
 from train_oreo import parser as train_parser
-from train_oreo import run
 
 from jaxsel._bench import format_table, write_json
+from jaxsel.rl.oreo import train as TR
 
 METHODS = ("sft", "rft", "dpo", "oreo", "oreo_step", "oreo_iter")
 
@@ -59,6 +64,14 @@ def summarise(results: list[dict]) -> dict[str, list[dict]]:
             "accuracy": _ms([r["greedy_beam_subset"] for r in results]),
         },
     )
+    for b in results[0].get("beam_uninformative", {}):
+        tables["beam"].append(
+            {
+                "beam": f"{b}, ranked by a score blind to correctness (chance)",
+                "accuracy": _ms([r["beam_uninformative"][b] for r in results]),
+            }
+        )
+    tables["paired_per_seed"] = paired(results)
     for pol_name in results[0]["self_consistency"]:
         for k in results[0]["self_consistency"][pol_name]:
             accs = [r["self_consistency"][pol_name][k] for r in results]
@@ -72,6 +85,48 @@ def summarise(results: list[dict]) -> dict[str, list[dict]]:
             row[k] = _ms([r["value_ranking"][vname][k] for r in results])
         tables["value_ranking"].append(row)
     return tables
+
+
+def paired(results: list[dict]) -> list[dict]:
+    """Per-seed differences on the same prompts (the claims of the issue)."""
+    rows = []
+
+    def add(name: str, xs: list[float]) -> None:
+        rows.append(
+            {
+                "difference": name,
+                "per_seed": ", ".join(f"{x:+.3f}" for x in xs),
+                "mean": f"{np.mean(xs):+.3f}",
+            }
+        )
+
+    g = lambda r, m: r["greedy"][m]
+    add("oreo - rft (greedy)", [g(r, "oreo") - g(r, "rft") for r in results])
+    add("rft - sft (greedy)", [g(r, "rft") - g(r, "sft") for r in results])
+    if "oreo_iter" in results[0]["greedy"]:
+        add("oreo_iter - rft (greedy)", [g(r, "oreo_iter") - g(r, "rft") for r in results])
+    if "5" in results[0]["beam"]:
+        add("beam B=5 - greedy", [r["beam"]["5"] - r["greedy_beam_subset"] for r in results])
+        if "5" in results[0].get("beam_uninformative", {}):
+            add(
+                "beam B=5 by V - by blind score",
+                [r["beam"]["5"] - r["beam_uninformative"]["5"] for r in results],
+            )
+    for vn in results[0]["value_ranking"]:
+        vr = lambda r, vn=vn: r["value_ranking"][vn]
+        if "best_of_k_uninformative" in vr(results[0]):
+            add(
+                f"best-of-K by {vn} V - by blind score",
+                [vr(r)["best_of_k_by_value"] - vr(r)["best_of_k_uninformative"] for r in results],
+            )
+    for pn in results[0]["self_consistency"]:
+        sc = lambda r, pn=pn: r["self_consistency"][pn]
+        for sel in ("soft_sc_mean", "soft_sc_min", "soft_sc_mean_log"):
+            add(
+                f"{sel} - majority ({pn} samples)",
+                [sc(r)[sel] - sc(r)["majority"] for r in results],
+            )
+    return rows
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -101,6 +156,18 @@ def plot(results: list[dict], path: Path) -> None:
     pol = results[0]["beam_policy"]
     g = np.array([r["greedy_beam_subset"] for r in results])
     ax[1].axhline(g.mean(), ls="--", c="gray", label=f"greedy ({pol})")
+    for b in results[0].get("beam_uninformative", {}):
+        u = np.array([r["beam_uninformative"][b] for r in results])
+        ax[1].errorbar(
+            [int(b)],
+            [u.mean()],
+            yerr=[u.std()],
+            marker="x",
+            c="red",
+            capsize=3,
+            ls="none",
+            label="blind score (chance)",
+        )
     ax[1].set_xlabel("beam size B (value-guided)")
     ax[1].set_ylabel("accuracy")
     ax[1].legend()
@@ -124,22 +191,103 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def sc_only(args, tag: str) -> None:
+    """Majority vote vs Soft-SC over seeds (:func:`TR.run_self_consistency`), no other phases."""
+    import dataclasses
+
+    import jax
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = time.time()
+    cfg = build_config(args)
+    results = []
+    for s in tqdm(args.seeds, desc="seeds (sc only)"):
+        t1 = time.time()
+        r = TR.run_self_consistency(cfg, jax.random.key(s), sc_k=args.sc_k)
+        r["wall_s"] = time.time() - t1
+        results.append(r)
+    pols = list(results[0]["self_consistency"])
+    sel = list(results[0]["self_consistency"][pols[0]])
+    rows = []
+    for pn in pols:
+        for k in sel:
+            accs = [r["self_consistency"][pn][k] for r in results]
+            maj = [r["self_consistency"][pn]["majority"] for r in results]
+            diff = [a - m for a, m in zip(accs, maj)]
+            rows.append(
+                {
+                    "samples_of": pn,
+                    "selector": k,
+                    "accuracy": _ms(accs),
+                    "per_seed": ", ".join(f"{a:.3f}" for a in accs),
+                    "minus_majority_per_seed": ", ".join(f"{d:+.3f}" for d in diff),
+                }
+            )
+    greedy = [
+        {"method": m, "held_out": _ms([r["greedy"][m] for r in results])}
+        for m in results[0]["greedy"]
+    ]
+    write_json(
+        args.results / f"bench_{tag}.json",
+        {
+            "tables": {"self_consistency": rows, "greedy": greedy},
+            "runs": results,
+            "seeds": args.seeds,
+            "sc_k": args.sc_k,
+            "config": dataclasses.asdict(cfg),
+            "wall_s": time.time() - t0,
+        },
+    )
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for j, pn in enumerate(pols):
+        vals = np.array([[r["self_consistency"][pn][k] for k in sel] for r in results])
+        w = 0.8 / len(pols)
+        ax.bar(np.arange(len(sel)) + w * j, vals.mean(0), w, yerr=vals.std(0), capsize=3, label=pn)
+    ax.set_xticks(np.arange(len(sel)) + 0.4 - 0.4 / len(pols), sel, rotation=20)
+    ax.set_ylabel(f"accuracy, K={args.sc_k} samples")
+    ax.legend(title="samples of")
+    t = cfg.task
+    ax.set_title(
+        f"mod {t.modulus}, {t.n_steps} steps, SFT errors p_err={cfg.p_err} "
+        f"p_confuse={cfg.p_confuse}; {len(results)} seeds",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(args.results / f"bench_{tag}.png", dpi=110)
+    for name, rs in (("self_consistency", rows), ("greedy", greedy)):
+        print(f"\n== {name} ==")
+        print(format_table(rs))
+    print(f"\nwrote {args.results}/bench_{tag}.json and .png in {time.time() - t0:.0f} s")
+
+
 def main() -> None:
     ap = train_parser()
     ap.description = __doc__
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=Path("results/oreo"))
     ap.add_argument("--tag", type=str, default=None, help="file name tag (default quick/full)")
+    ap.add_argument(
+        "--sc-only",
+        action="store_true",
+        help="only majority vote vs Soft-SC (SFT -> one OREO round -> K samples), per seed",
+    )
     args = ap.parse_args()
     t0 = time.time()
     tag = args.tag or ("quick" if args.quick else "full")
     args.results.mkdir(parents=True, exist_ok=True)
+    if args.sc_only:
+        sc_only(args, tag)
+        return
     results = []
     for s in args.seeds:
         args.seed = s
         r = run(args)
         # JSON keys are strings: normalise now so tables read the same from disk
         r["beam"] = {str(k): v for k, v in r["beam"].items()}
+        r["beam_uninformative"] = {str(k): v for k, v in r.get("beam_uninformative", {}).items()}
         r["sc_k"] = args.sc_k
         results.append(r)
         # written after every seed, so an interrupted run still leaves its finished seeds

@@ -140,3 +140,42 @@ def test_quick_bench_and_resume(tmp_path):
     second = json.loads((out / "bench_quick.json").read_text())
     assert first["runs"][0]["greedy"] == second["runs"][0]["greedy"]
     assert first["runs"][0]["beam"] == second["runs"][0]["beam"]
+
+
+def test_ranking_stats_matches_numpy():
+    rng = np.random.default_rng(0)
+    k = 5
+    score = rng.integers(0, 3, 40).astype(np.float32)  # many ties
+    reward = rng.integers(0, 2, 40).astype(np.float32)
+    got = jax.jit(lambda s, r: TR.ranking_stats(s, r, k=k))(score, reward)
+    s, r = score.reshape(-1, k), reward.reshape(-1, k)
+    num = den = 0.0
+    for p in range(s.shape[0]):
+        for i in range(k):
+            for j in range(k):
+                if r[p, i] > 0.5 and r[p, j] < 0.5:
+                    num += 1.0 if s[p, i] > s[p, j] else 0.5 if s[p, i] == s[p, j] else 0.0
+                    den += 1
+    np.testing.assert_allclose(got["within_prompt_auc"], num / den, rtol=1e-6)
+    np.testing.assert_allclose(got["best_of_k"], r[np.arange(len(r)), s.argmax(1)].mean())
+    np.testing.assert_allclose(got["random_sample"], r.mean())
+    np.testing.assert_allclose(got["oracle_any_correct"], r.max(1).mean())
+
+
+def test_uninformative_score_chance_level_is_below_a_random_sample():
+    """Regression for the third session's reading of 'best-of-8 by V < random sample' as worse
+    than chance: when the right answers of a prompt are copies of one response and the wrong ones
+    differ, a score that ignores correctness picks among distinct responses, so its chance level
+    is 1/2 here, not the random-sample rate 3/4."""
+    rng = np.random.default_rng(1)
+    n, k, length = 400, 4, 6
+    right = rng.integers(0, 20, (n, 1, length))
+    wrong = rng.integers(0, 20, (n, 1, length))  # same distribution: only identity differs
+    tokens = np.concatenate([np.repeat(right, 3, 1), wrong], 1).reshape(n * k, length)
+    reward = np.tile([1.0, 1.0, 1.0, 0.0], n).astype(np.float32)
+    u = TR.uninformative_score(jnp.asarray(tokens, jnp.int32))
+    assert np.all(np.asarray(u).reshape(n, k)[:, :3] == np.asarray(u).reshape(n, k)[:, :1])
+    st = TR.ranking_stats(u, jnp.asarray(reward), k=k)
+    assert float(st["random_sample"]) == 0.75
+    assert abs(float(st["best_of_k"]) - 0.5) < 0.08
+    assert abs(float(st["within_prompt_auc"]) - 0.5) < 0.08

@@ -45,8 +45,11 @@ __all__ = [
     "make_sft",
     "make_train",
     "make_value_fit",
+    "ranking_stats",
     "run_pipeline",
+    "run_self_consistency",
     "self_consistency_accuracy",
+    "uninformative_score",
     "value_init",
     "value_ranking",
 ]
@@ -426,7 +429,11 @@ def greedy_accuracy(params: Params, prompts: T.Batch, cfg: OreoConfig) -> Array:
 def _beam(policy, value, tokens, plen, key, *, mcfg, beam, max_steps, chunk, temperature):
     step = lambda c, t, p: M.decode_step(policy, c, t, p, mcfg)[::2]
     pre = lambda t: M.prefill(policy, t, mcfg)
-    val = lambda t: M.values(value, t, mcfg)
+    if value is None:  # chance level: a random function of the prefix, blind to correctness
+        w = jax.random.normal(jax.random.key(0), (tokens.shape[1],))
+        val = lambda t: jnp.cumsum(t.astype(jnp.float32) * w)
+    else:
+        val = lambda t: M.values(value, t, mcfg)
 
     def one(args):
         tok, pl, k = args
@@ -449,7 +456,7 @@ def _beam(policy, value, tokens, plen, key, *, mcfg, beam, max_steps, chunk, tem
 
 def beam_accuracy(
     policy: Params,
-    value: Params,
+    value: Params | None,
     prompts: T.Batch,
     key: Array,
     cfg: OreoConfig,
@@ -459,7 +466,8 @@ def beam_accuracy(
     temperature: float = 1.0,
 ) -> Array:
     """Accuracy of value-guided step beam search with beam size ``beam`` (expansions sampled at
-    ``temperature``)."""
+    ``temperature``). ``value=None`` ranks by a fixed random function of the prefix instead of
+    V: the same search with a value that knows nothing, i.e. its chance level."""
     static = ("mcfg", "beam", "max_steps", "chunk", "temperature")
     toks = _jitted(_beam, cfg.fast_compile, static)(
         policy,
@@ -481,25 +489,58 @@ def _value_ranking(value, tokens, plen, length, reward, *, mcfg, k):
     v = jax.vmap(lambda t: M.values(value, t, mcfg))(tokens)
     at = jnp.clip(length - 2, 0, tokens.shape[1] - 1)
     v_end = jnp.take_along_axis(v, at[:, None], 1)[:, 0]
-    r = reward.reshape(-1, k)
-    pick = jnp.argmax(v_end.reshape(-1, k), -1)
-    chosen = jnp.take_along_axis(r, pick[:, None], 1)[:, 0]
     vc, rc = v_end - jnp.mean(v_end), reward - jnp.mean(reward)
     corr = jnp.sum(vc * rc) / jnp.sqrt(jnp.sum(vc**2) * jnp.sum(rc**2) + 1e-12)
+    # chance level of "best of k by a score of the response": a random function of the tokens
+    # (equal on identical responses). The right samples of a prompt are mostly copies of one
+    # another and the wrong ones differ, so such a score lands on a right one less often than a
+    # random sample does (a value can be below random_sample and still above chance).
+    uninformative = uninformative_score(tokens)
+    st = ranking_stats(v_end, reward, k=k)
     return {
-        "best_of_k_by_value": jnp.mean(chosen),
+        "best_of_k_by_value": st.pop("best_of_k"),
+        **st,
+        "best_of_k_uninformative": ranking_stats(uninformative, reward, k=k)["best_of_k"],
+        "corr_value_reward": corr,
+    }
+
+
+def uninformative_score(tokens: Array) -> Array:
+    """A fixed random function of each response ``tokens [N, L] -> [N]``: equal on identical
+    responses, (almost surely) different otherwise; it knows nothing about correctness."""
+    w = jax.random.normal(jax.random.key(0), (tokens.shape[-1],))
+    return tokens.astype(jnp.float32) @ w
+
+
+def ranking_stats(score: Array, reward: Array, *, k: int) -> dict[str, Array]:
+    """How well ``score [N]`` ranks the ``k`` consecutive samples of each prompt (``reward [N]``
+    in {0, 1}): accuracy of the best-of-``k`` by score, of a random sample, of the oracle, and
+    the within-prompt AUC ``P(score(right) > score(wrong))`` over (right, wrong) pairs of the
+    same prompt (ties count 1/2; NaN without such pairs)."""
+    s, r = score.reshape(-1, k), reward.reshape(-1, k)
+    pick = jnp.argmax(s, -1)
+    right = r[:, :, None] > 0.5
+    wrong = r[:, None, :] < 0.5
+    pairs = right & wrong
+    gt = (s[:, :, None] > s[:, None, :]) + 0.5 * (s[:, :, None] == s[:, None, :])
+    return {
+        "best_of_k": jnp.mean(jnp.take_along_axis(r, pick[:, None], 1)[:, 0]),
         "random_sample": jnp.mean(r),
         "oracle_any_correct": jnp.mean(jnp.max(r, -1)),
-        "corr_value_reward": corr,
+        # NaN when no prompt has both a right and a wrong sample
+        "within_prompt_auc": jnp.sum(gt * pairs)
+        / jnp.where(jnp.any(pairs), jnp.sum(pairs), jnp.nan),
     }
 
 
 def value_ranking(
     policy: Params, value: Params, prompts: T.Batch, key: Array, cfg: OreoConfig, *, k: int
 ) -> dict[str, float]:
-    """Does ``V`` rank samples better than chance? Best-of-``k`` by the value of the state
-    before ``<eos>`` vs a random sample vs the oracle, and the correlation of that value with the
-    0/1 reward, over ``k`` policy samples per prompt."""
+    """Does ``V`` rank samples better than chance? Over ``k`` policy samples per prompt, scored
+    by the value of the state before ``<eos>``: best-of-``k`` by V, a random sample, the oracle,
+    best-of-``k`` by an uninformative score (a random function of the response: the chance level
+    of any best-of-``k`` by a score), the within-prompt AUC (:func:`ranking_stats`) and the
+    correlation of V with the 0/1 reward across all samples."""
     data, _ = collect(policy, prompts, key, cfg, k=k, temperature=cfg.temperature)
     out = _jitted(_value_ranking, cfg.fast_compile, ("mcfg", "k"))(
         value, data.tokens, data.prompt_len, data.length, data.reward, mcfg=cfg.model, k=k
@@ -730,7 +771,7 @@ def run_pipeline(
     fitted = ck("value_fit", do_fit) if cfg.value_steps > 0 else values[best]
     nb = min(cfg.n_eval_beam, cfg.n_eval)
     held_b = jax.tree.map(lambda x: x[:nb], held)
-    # is the value any good at ranking finished samples? (chance = random_sample); on all
+    # is the value any good at ranking finished samples? (chance = best_of_k_uninformative); on all
     # held-out prompts: sampling is cheap and best-of-K on a few dozen prompts is noise
     res["value_ranking"] = {
         name: value_ranking(models[best], v, held, ks["rank"], cfg, k=cfg.k_samples)
@@ -752,6 +793,23 @@ def run_pipeline(
         )
         for b in beams
     }
+    # chance level of the search itself: same beams, ranked by a score blind to correctness
+    res["beam_uninformative"] = {
+        b: float(
+            beam_accuracy(
+                models[best],
+                None,
+                held_b,
+                ks["beam"],
+                cfg,
+                beam=b,
+                n_steps=tcfg.n_steps,
+                temperature=cfg.beam_temperature,
+            )
+        )
+        for b in beams
+        if b == 5
+    }
     res["greedy_beam_subset"] = float(greedy_accuracy(models[best], held_b, cfg))
     res["beam_policy"] = best
     say("sc")
@@ -763,3 +821,38 @@ def run_pipeline(
         for name in ("sft", best)
     }
     return res
+
+
+def run_self_consistency(cfg: OreoConfig, key: Array, *, sc_k: int = 8) -> dict[str, Any]:
+    """Majority vote vs Soft-SC only: SFT -> ``k_samples`` per prompt -> one round of token-level
+    OREO -> :func:`self_consistency_accuracy` on ``n_eval_sc`` held-out prompts for samples of
+    the SFT and of the OREO policy (plus greedy accuracy on ``n_eval`` prompts, for context).
+
+    For task variants where only answer selection is compared (e.g. random instead of
+    systematic step errors in the SFT data); keys are drawn as in :func:`run_pipeline`, so the
+    SFT model of a configuration equals that of the full pipeline with the same key.
+    """
+    names = ["sft_data", "sft", "prompts", "collect", "rft", "dpo", "oreo", "oreo_step"]
+    names += ["iter", "eval", "eval_long", "beam", "sc", "init"]
+    ks = dict(zip(names, jax.random.split(key, 16)))
+    tcfg = cfg.task_with(cfg.task.n_steps)
+    data, _ = T.sft_batch(ks["sft_data"], cfg.sft_examples, tcfg, cfg.p_err, cfg.p_confuse)
+    p0 = M.init_params_jit(ks["init"], cfg.model)
+    sft = make_sft(cfg, steps=cfg.sft_steps, lr=cfg.sft_lr)(
+        ks["sft"], p0, data.tokens, data.prompt_len, data.length, jnp.ones((cfg.sft_examples,))
+    )[0]
+    prompts = T.prompt_batch(ks["prompts"], cfg.n_prompts, tcfg)
+    off, _ = collect(sft, prompts, ks["collect"], cfg, k=cfg.k_samples, temperature=cfg.temperature)
+    tr = make_oreo(cfg, steps=cfg.rl_steps, step_level=False)
+    pol, _, _ = tr(ks["oreo"], sft, value_init(sft, cfg), sft, off)
+    held = T.prompt_batch(ks["eval"], cfg.n_eval, tcfg)
+    held_sc = T.prompt_batch(jax.random.fold_in(ks["sc"], 0), cfg.n_eval_sc, tcfg)
+    models = {"sft": sft, "oreo": pol}
+    return {
+        "stats": {"offline_reward": float(jnp.mean(off.reward))},
+        "greedy": {n: float(greedy_accuracy(p, held, cfg)) for n, p in models.items()},
+        "self_consistency": {
+            n: self_consistency_accuracy(p, held_sc, jax.random.fold_in(ks["sc"], 1), cfg, k=sc_k)
+            for n, p in models.items()
+        },
+    }
