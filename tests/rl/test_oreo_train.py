@@ -94,8 +94,13 @@ def test_oreo_trainer_fits_values_of_a_fixed_policy():
     assert vl[-5:].mean() < 0.2 * vl[:5].mean()
     b = float(TR.beam_accuracy(p, v2, prompts, jax.random.key(5), cfg, beam=2, n_steps=4))
     assert 0.0 <= b <= 1.0
+    # the chance level of the same search: ranked by a score blind to correctness
+    b0 = float(TR.beam_accuracy(p, None, prompts, jax.random.key(5), cfg, beam=2, n_steps=4))
+    assert 0.0 <= b0 <= 1.0
     rank = TR.value_ranking(p, v2, prompts, jax.random.key(6), cfg, k=2)
     assert abs(rank["corr_value_reward"]) <= 1.0 + 1e-6
+    assert rank["best_of_k_by_value"] <= rank["oracle_any_correct"]
+    assert rank["best_of_k_uninformative"] <= rank["oracle_any_correct"]
 
 
 @pytest.mark.slow
@@ -140,6 +145,18 @@ def test_quick_bench_and_resume(tmp_path):
     second = json.loads((out / "bench_quick.json").read_text())
     assert first["runs"][0]["greedy"] == second["runs"][0]["greedy"]
     assert first["runs"][0]["beam"] == second["runs"][0]["beam"]
+
+
+@pytest.mark.slow
+def test_quick_bench_sc_only(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts/bench_oreo.py"), "--quick", "--sc-only"]
+    cmd += ["--seeds", "0", "--results", str(tmp_path), "--p-err", "0.15", "--p-confuse", "0"]
+    subprocess.run(cmd, check=True, cwd=ROOT, timeout=1200)
+    res = json.loads((tmp_path / "bench_quick.json").read_text())
+    assert res["config"]["p_confuse"] == 0.0 and res["config"]["p_err"] == 0.15
+    sc = res["runs"][0]["self_consistency"]
+    assert set(sc) == {"sft", "oreo"} and "soft_sc_mean" in sc["sft"]
+    assert (tmp_path / "bench_quick.png").exists()
 
 
 def test_ranking_stats_matches_numpy():
