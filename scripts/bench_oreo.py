@@ -2,7 +2,7 @@
 beam search, majority vote vs Soft Self-Consistency. Table of mean +/- std, JSON and PNG under
 results/oreo/.
 
-    nice -n 10 python scripts/bench_oreo.py --seeds 0 1 2 --tag full   # results/oreo (3 seeds)
+    nice -n 10 python scripts/bench_oreo.py --seeds 0 1 2 --tag bigcritic  # results/oreo, 3 seeds
     python scripts/bench_oreo.py --quick                           # ~1 minute smoke run
     # majority vote vs Soft-SC only, on the task with random (not systematic) SFT step errors
     nice -n 10 python scripts/bench_oreo.py --sc-only --p-err 0.15 --p-confuse 0 \
