@@ -11,24 +11,13 @@ Run: nice -n 10 /usr/bin/time .venv/bin/python results/oreo/beam_temperature_pro
 """
 
 import dataclasses
-import resource
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
+from diag_common import say, sft_offline_oreo
 
-from jaxsel.rl.oreo import model as M
 from jaxsel.rl.oreo import task as T
 from jaxsel.rl.oreo import train as TR
-
-t0 = time.time()
-
-
-def say(*a):
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"[{time.time() - t0:6.0f}s wall {r.ru_utime + r.ru_stime:6.0f}s cpu]", *a, flush=True)
-
 
 # optional: VALUE_PROMPTS VALUE_STEPS T1 T2 ... (a bigger critic-only fit, other temperatures)
 argv = sys.argv[1:]
@@ -38,17 +27,7 @@ if argv:
 temps = [float(t) for t in argv[2:]] or [0.3, 0.5, 0.7]
 mcfg, tcfg = cfg.model, cfg.task_with(cfg.task.n_steps)
 ks = jax.random.split(jax.random.key(0), 12)
-data, _ = T.sft_batch(ks[0], cfg.sft_examples, tcfg, cfg.p_err, cfg.p_confuse)
-p0 = M.init_params_jit(ks[1], mcfg)
-sft = TR.make_sft(cfg, steps=cfg.sft_steps, lr=cfg.sft_lr)(
-    ks[2], p0, data.tokens, data.prompt_len, data.length, jnp.ones(cfg.sft_examples)
-)[0]
-off, _ = TR.collect(
-    sft, T.prompt_batch(ks[3], cfg.n_prompts, tcfg), ks[4], cfg, k=8, temperature=1.0
-)
-pol, _, _ = TR.make_oreo(cfg, steps=cfg.rl_steps, step_level=False)(
-    ks[5], sft, TR.value_init(sft, cfg), sft, off
-)
+sft, off, pol, _ = sft_offline_oreo(cfg, ks)
 fd, _ = TR.collect(
     pol, T.prompt_batch(ks[9], cfg.value_prompts, tcfg), ks[10], cfg, k=8, temperature=1.0
 )

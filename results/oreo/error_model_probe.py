@@ -7,24 +7,13 @@ Run: nice -n 10 /usr/bin/time .venv/bin/python results/oreo/error_model_probe.py
 """
 
 import dataclasses
-import resource
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
+from diag_common import oreo_round, say, sft_offline
 
-from jaxsel.rl.oreo import model as M
 from jaxsel.rl.oreo import task as T
 from jaxsel.rl.oreo import train as TR
-
-t0 = time.time()
-
-
-def say(*a):
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"[{time.time() - t0:6.0f}s wall {r.ru_utime + r.ru_stime:6.0f}s cpu]", *a, flush=True)
-
 
 args = [float(x) for x in sys.argv[1:]] or [0.05, 0.6, 7]
 for p_err, p_confuse, modulus in zip(args[::3], args[1::3], args[2::3]):
@@ -33,20 +22,11 @@ for p_err, p_confuse, modulus in zip(args[::3], args[1::3], args[2::3]):
     cfg = dataclasses.replace(base, p_err=p_err, p_confuse=p_confuse, task=task)
     mcfg, tcfg = cfg.model, cfg.task_with(cfg.task.n_steps)
     ks = jax.random.split(jax.random.key(0), 12)
-    data, _ = T.sft_batch(ks[0], cfg.sft_examples, tcfg, cfg.p_err, cfg.p_confuse)
-    p0 = M.init_params_jit(ks[1], mcfg)
-    sft = TR.make_sft(cfg, steps=cfg.sft_steps, lr=cfg.sft_lr)(
-        ks[2], p0, data.tokens, data.prompt_len, data.length, jnp.ones(cfg.sft_examples)
-    )[0]
-    off, _ = TR.collect(
-        sft, T.prompt_batch(ks[3], cfg.n_prompts, tcfg), ks[4], cfg, k=8, temperature=1.0
-    )
+    sft, off = sft_offline(cfg, ks)
     rft = TR.make_sft(cfg, steps=cfg.rl_steps, lr=cfg.lr)(
         ks[5], sft, off.tokens, off.prompt_len, off.length, off.reward + 1e-9
     )[0]
-    pol, _, _ = TR.make_oreo(cfg, steps=cfg.rl_steps, step_level=False)(
-        ks[6], sft, TR.value_init(sft, cfg), sft, off
-    )
+    pol, _ = oreo_round(cfg, ks[6], sft, off)
     held = T.prompt_batch(ks[7], 512, tcfg)
     g = {
         n: round(float(TR.greedy_accuracy(p, held, cfg)), 3)

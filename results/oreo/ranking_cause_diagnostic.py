@@ -8,40 +8,19 @@ systematic ``*``->``+`` slip vs a random wrong result, malformed restatements of
 Run: nice -n 10 /usr/bin/time .venv/bin/python results/oreo/ranking_cause_diagnostic.py
 """
 
-import resource
-import time
-
 import jax
-import jax.numpy as jnp
 import numpy as np
+from diag_common import say, sft_offline_oreo
 
 from jaxsel.rl.oreo import model as M
 from jaxsel.rl.oreo import task as T
 from jaxsel.rl.oreo import train as TR
 
-t0 = time.time()
-
-
-def say(*a):
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"[{time.time() - t0:6.0f}s wall {r.ru_utime + r.ru_stime:6.0f}s cpu]", *a, flush=True)
-
-
 cfg = TR.OreoConfig()
 mcfg = cfg.model
 tcfg = cfg.task_with(cfg.task.n_steps)
 ks = jax.random.split(jax.random.key(0), 10)
-data, _ = T.sft_batch(ks[0], cfg.sft_examples, tcfg, cfg.p_err, cfg.p_confuse)
-p0 = M.init_params_jit(ks[1], mcfg)
-sft = TR.make_sft(cfg, steps=cfg.sft_steps, lr=cfg.sft_lr)(
-    ks[2], p0, data.tokens, data.prompt_len, data.length, jnp.ones(cfg.sft_examples)
-)[0]
-off, _ = TR.collect(
-    sft, T.prompt_batch(ks[3], cfg.n_prompts, tcfg), ks[4], cfg, k=8, temperature=1.0
-)
-pol, val, _ = TR.make_oreo(cfg, steps=cfg.rl_steps, step_level=False)(
-    ks[5], sft, TR.value_init(sft, cfg), sft, off
-)
+sft, off, pol, val = sft_offline_oreo(cfg, ks)
 say("trained")
 
 
