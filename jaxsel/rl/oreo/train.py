@@ -781,38 +781,18 @@ def run_pipeline(
         for name, v in (("joint", values[best]), ("fitted", fitted))
     }
     say("beam")
-    res["beam"] = {
-        b: float(
+
+    def beam_acc(value: Params | None, b: int) -> float:
+        return float(
             beam_accuracy(
-                models[best],
-                fitted,
-                held_b,
-                ks["beam"],
-                cfg,
-                beam=b,
-                n_steps=tcfg.n_steps,
+                models[best], value, held_b, ks["beam"], cfg, beam=b, n_steps=tcfg.n_steps,
                 temperature=cfg.beam_temperature,
             )
-        )
-        for b in beams
-    }
+        )  # fmt: skip
+
+    res["beam"] = {b: beam_acc(fitted, b) for b in beams}
     # chance level of the search itself: same beams, ranked by a score blind to correctness
-    res["beam_uninformative"] = {
-        b: float(
-            beam_accuracy(
-                models[best],
-                None,
-                held_b,
-                ks["beam"],
-                cfg,
-                beam=b,
-                n_steps=tcfg.n_steps,
-                temperature=cfg.beam_temperature,
-            )
-        )
-        for b in beams
-        if b == 5
-    }
+    res["beam_uninformative"] = {b: beam_acc(None, b) for b in beams if b == 5}
     res["greedy_beam_subset"] = float(greedy_accuracy(models[best], held_b, cfg))
     res["beam_policy"] = best
     say("sc")
