@@ -72,12 +72,7 @@ def summarise(results: list[dict]) -> dict[str, list[dict]]:
             }
         )
     tables["paired_per_seed"] = paired(results)
-    for pol_name in results[0]["self_consistency"]:
-        for k in results[0]["self_consistency"][pol_name]:
-            accs = [r["self_consistency"][pol_name][k] for r in results]
-            tables["self_consistency"].append(
-                {"samples_of": pol_name, "selector": k, "accuracy": _ms(accs)}
-            )
+    tables["self_consistency"] = sc_table(results)
     tables["value_ranking"] = []
     for vname in results[0]["value_ranking"]:
         row = {"value": vname}
@@ -85,6 +80,26 @@ def summarise(results: list[dict]) -> dict[str, list[dict]]:
             row[k] = _ms([r["value_ranking"][vname][k] for r in results])
         tables["value_ranking"].append(row)
     return tables
+
+
+def sc_table(results: list[dict]) -> list[dict]:
+    """Majority vote and Soft-SC accuracy per policy's samples: mean +/- std, per seed, and the
+    per-seed difference to majority vote (same prompts)."""
+    rows = []
+    for pn, by_selector in results[0]["self_consistency"].items():
+        for k in by_selector:
+            accs = [r["self_consistency"][pn][k] for r in results]
+            diff = [a - r["self_consistency"][pn]["majority"] for a, r in zip(accs, results)]
+            rows.append(
+                {
+                    "samples_of": pn,
+                    "selector": k,
+                    "accuracy": _ms(accs),
+                    "per_seed": ", ".join(f"{a:.3f}" for a in accs),
+                    "minus_majority_per_seed": ", ".join(f"{d:+.3f}" for d in diff),
+                }
+            )
+    return rows
 
 
 def paired(results: list[dict]) -> list[dict]:
@@ -211,21 +226,7 @@ def sc_only(args, tag: str) -> None:
         results.append(r)
     pols = list(results[0]["self_consistency"])
     sel = list(results[0]["self_consistency"][pols[0]])
-    rows = []
-    for pn in pols:
-        for k in sel:
-            accs = [r["self_consistency"][pn][k] for r in results]
-            maj = [r["self_consistency"][pn]["majority"] for r in results]
-            diff = [a - m for a, m in zip(accs, maj)]
-            rows.append(
-                {
-                    "samples_of": pn,
-                    "selector": k,
-                    "accuracy": _ms(accs),
-                    "per_seed": ", ".join(f"{a:.3f}" for a in accs),
-                    "minus_majority_per_seed": ", ".join(f"{d:+.3f}" for d in diff),
-                }
-            )
+    rows = sc_table(results)
     greedy = [
         {"method": m, "held_out": _ms([r["greedy"][m] for r in results])}
         for m in results[0]["greedy"]

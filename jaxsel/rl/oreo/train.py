@@ -432,8 +432,8 @@ def greedy_accuracy(params: Params, prompts: T.Batch, cfg: OreoConfig) -> Array:
 def _beam(policy, value, tokens, plen, key, *, mcfg, beam, max_steps, chunk, temperature):
     step = lambda c, t, p: M.decode_step(policy, c, t, p, mcfg)[::2]
     pre = lambda t: M.prefill(policy, t, mcfg)
-    if value is None:  # chance level: a random function of the prefix, blind to correctness
-        w = jax.random.normal(jax.random.key(0), (tokens.shape[1],))
+    if value is None:  # chance level: uninformative_score of every prefix, blind to correctness
+        w = _blind_weights(tokens.shape[1])
         val = lambda t: jnp.cumsum(t.astype(jnp.float32) * w)
     else:
         val = lambda t: M.values(value, t, mcfg)
@@ -511,8 +511,13 @@ def _value_ranking(value, tokens, plen, length, reward, *, mcfg, k):
 def uninformative_score(tokens: Array) -> Array:
     """A fixed random function of each response ``tokens [N, L] -> [N]``: equal on identical
     responses, (almost surely) different otherwise; it knows nothing about correctness."""
-    w = jax.random.normal(jax.random.key(0), (tokens.shape[-1],))
-    return tokens.astype(jnp.float32) @ w
+    return tokens.astype(jnp.float32) @ _blind_weights(tokens.shape[-1])
+
+
+def _blind_weights(length: int) -> Array:
+    """The fixed random weights of :func:`uninformative_score` (and of ``beam_accuracy(None)``,
+    which scores every prefix with them)."""
+    return jax.random.normal(jax.random.key(0), (length,))
 
 
 def ranking_stats(score: Array, reward: Array, *, k: int) -> dict[str, Array]:
