@@ -39,10 +39,15 @@ class Config:
     pool: str = "max"
     batch_size: int = 10
     epochs: int = 1
+    training_mode: str = "consecutive"  # or "successive": one block at a time (authors' default)
     chunk_steps: int = 250
     probe_epochs: int = 50
     probe_batch: int = 64
     backprop_epochs: int = 0
+    backprop_init: str = "softhebb"  # or "torch": torch.nn.Conv2d's default init
+    backprop_halve_at: str = ""  # e.g. "2,3,4": epochs at which the lr halves ("": authors' rule)
+    only_backprop: bool = False  # skip the unsupervised pass and the probes
+    skip_random: bool = False  # no random-weights control (e.g. already measured with this seed)
     limit_train: int = 0
     probe_train: int = 0  # 0: probe on all (limited) training images
     limit_test: int = 0
@@ -73,6 +78,10 @@ def parse_args() -> Config:
             kw["choices"] = ["max", "avg", "soft"]
         if f.name == "softhebb_bn":
             kw["choices"] = ["calibrate", "train"]
+        if f.name == "training_mode":
+            kw["choices"] = ["consecutive", "successive"]
+        if f.name == "backprop_init":
+            kw["choices"] = ["softhebb", "torch"]
         p.add_argument(name, type=typ, default=f.default, **kw)
     return Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
 
@@ -134,6 +143,56 @@ def probe(feats_tr, y_tr, feats_te, y_te, pcfg: train.ProbeConfig, key, n_classe
     }
 
 
+def run_backprop(cfg: Config, net: nets.NetConfig, pcfg, key, ds, out: Path) -> dict:
+    """The same architecture trained end to end; test accuracy after every epoch (+ PNG curve)."""
+    x_tr, y_tr, x_te, y_te = ds
+    halve = tuple(int(e) for e in cfg.backprop_halve_at.split(",") if e) or None
+    bcfg = dataclasses.replace(pcfg, epochs=cfg.backprop_epochs, halve_at=halve)
+    n = x_tr.shape[0]
+    spe = n // bcfg.batch_size
+    k_i, k_d, k_k = jax.random.split(key, 3)
+    params = train.backprop_init(k_i, net, bcfg, spe, init=cfg.backprop_init)
+    images, labels = jnp.asarray(x_tr), jnp.asarray(y_tr)
+    step = jax.jit(lambda p, b, k: train.backprop_chunk(p, images, labels, b, k, net, bcfg, spe))
+    t0, c0 = time.perf_counter(), cpu_s()
+    curve = []
+    for e in range(bcfg.epochs):
+        batches = train.batch_indices(k_d, n, bcfg.batch_size, e)
+        keys = jax.random.split(jax.random.fold_in(k_k, e), spe)
+        for s in tqdm(range(0, spe, 100), desc=f"backprop epoch {e}", unit="chunk"):
+            params = step(params, batches[s : s + 100], keys[s : s + 100])
+        params = jax.block_until_ready(params)
+        curve.append(train.backprop_accuracy(params, x_te, y_te, net))
+        print(f"backprop epoch {e}: test accuracy {curve[-1]:.4f}", flush=True)
+    save_curve_png(curve, out / "backprop_curve.png", f"backprop ({cfg.backprop_init} init)")
+    return {
+        "model": f"backprop_{bcfg.epochs}ep_{cfg.backprop_init}_init",
+        "test_accuracy": curve[-1],
+        "test_accuracy_per_epoch": curve,
+        "lr_halved_at_epochs": list(halve or train.lr_halving_epochs(bcfg.epochs)),
+        "train_accuracy": None,
+        "probe_s": time.perf_counter() - t0,
+        "probe_cpu_s": cpu_s() - c0,
+        "features_s": None,
+    }
+
+
+def save_curve_png(acc: list[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main() -> None:
     cfg = parse_args()
     out = Path(cfg.out)
@@ -152,6 +211,25 @@ def main() -> None:
     key = jax.random.key(cfg.seed)
     k_init, k_data = jax.random.split(key)  # same split as train.make_unsupervised_train
     k_probe, k_bp = jax.random.split(jax.random.fold_in(key, 1))
+    pcfg = train.ProbeConfig(epochs=cfg.probe_epochs, batch_size=cfg.probe_batch)
+    if cfg.only_backprop:
+        if not cfg.backprop_epochs:
+            raise SystemExit("--only-backprop needs --backprop-epochs >= 1")
+        if cfg.probe_train:
+            x_tr, y_tr = x_tr[: cfg.probe_train], y_tr[: cfg.probe_train]
+        row = run_backprop(cfg, net, pcfg, k_bp, (x_tr, y_tr, x_te, y_te), out)
+        print(format_table([{k: v for k, v in row.items() if k != "test_accuracy_per_epoch"}]))
+        payload = {
+            "config": dataclasses.asdict(cfg),
+            "net": dataclasses.asdict(net),
+            "stage": "backprop",
+            "results": [row],
+            "total_wall_s": time.perf_counter() - t_start,
+            "total_cpu_s": cpu_s() - c_start,
+            "load_average_1_5_15": os.getloadavg(),
+        }
+        print(f"wrote {write_json(out / 'result.json', payload)}")
+        return
 
     # ---------------------------------------------------------------- unsupervised pass, chunked
     import orbax.checkpoint as ocp
@@ -159,8 +237,10 @@ def main() -> None:
     state0 = nets.init_net(k_init, net)
     wins0 = tuple(jnp.zeros((b.out_channels,), jnp.int32) for b in net.blocks)
     n_batches = x_tr.shape[0] // cfg.batch_size
+    stages = train.stage_schedule(net, cfg.training_mode)
     chunks = [
-        (e, s, min(s + cfg.chunk_steps, n_batches))
+        (stage, e, s, min(s + cfg.chunk_steps, n_batches))
+        for stage in range(len(stages))
         for e in range(cfg.epochs)
         for s in range(0, n_batches, cfg.chunk_steps)
     ]
@@ -176,7 +256,14 @@ def main() -> None:
         state, wins = restored["state"], restored["wins"]
         print(f"resumed from {ckpt_dir} after chunk {done}/{len(chunks)}")
 
-    chunk_fn = jax.jit(lambda s, w, b: train.unsupervised_chunk(s, w, images, b, net))
+    chunk_fns = [
+        jax.jit(
+            lambda s, w, b, blocks=blocks: train.unsupervised_chunk(
+                s, w, images, b, net, blocks=blocks
+            )
+        )
+        for blocks, _ in stages
+    ]
     compiled = {}
     t_compile = 0.0
     t_run = 0.0
@@ -185,14 +272,16 @@ def main() -> None:
     for ci in tqdm(
         range(done, len(chunks)), desc="softhebb", unit="chunk", initial=done, total=len(chunks)
     ):
-        e, s0, s1 = chunks[ci]
-        batches = train.batch_indices(k_data, x_tr.shape[0], cfg.batch_size, e)[s0:s1]
-        if batches.shape[0] not in compiled:
+        stage, e, s0, s1 = chunks[ci]
+        stage_key = stages[stage][1]
+        batches = train.stage_batches(k_data, x_tr.shape[0], cfg.batch_size, e, stage_key)[s0:s1]
+        sig = (stage, batches.shape[0])
+        if sig not in compiled:
             t0 = time.perf_counter()
-            compiled[batches.shape[0]] = chunk_fn.lower(state, wins, batches).compile()
+            compiled[sig] = chunk_fns[stage].lower(state, wins, batches).compile()
             t_compile += time.perf_counter() - t0
         t0 = time.perf_counter()
-        state, wins = jax.block_until_ready(compiled[batches.shape[0]](state, wins, batches))
+        state, wins = jax.block_until_ready(compiled[sig](state, wins, batches))
         t_run += time.perf_counter() - t0
         n_img += batches.size
         mngr.save(ci + 1, args=ocp.args.StandardSave({"state": state, "wins": wins}))
@@ -230,7 +319,6 @@ def main() -> None:
     )
 
     # ---------------------------------------------------------------- probes and controls
-    pcfg = train.ProbeConfig(epochs=cfg.probe_epochs, batch_size=cfg.probe_batch)
     x_unsup = x_tr
     if cfg.probe_train:
         x_tr, y_tr = x_tr[: cfg.probe_train], y_tr[: cfg.probe_train]
@@ -240,7 +328,8 @@ def main() -> None:
     calibrate = jax.jit(lambda s, b: train.calibrate_batch_norm(s, images, b, net))
     controls = [("softhebb", calibrate(state, calib) if cfg.softhebb_bn == "calibrate" else state)]
     # The random control: the same initial kernels (same key), BatchNorm calibrated alike.
-    controls.append(("random_frozen", calibrate(nets.init_net(k_init, net), calib)))
+    if not cfg.skip_random:
+        controls.append(("random_frozen", calibrate(nets.init_net(k_init, net), calib)))
     for name, st in controls:
         t0, c0 = time.perf_counter(), cpu_s()
         f_tr = train.extract_features(st, x_tr, net, dtype=dt, progress=True)
@@ -261,7 +350,9 @@ def main() -> None:
             "unsupervised": unsup,
             "blocks": blocks,
             "results": rows,
-            "softhebb_minus_random": rows[0]["test_accuracy"] - rows[1]["test_accuracy"],
+            "softhebb_minus_random": None
+            if cfg.skip_random
+            else rows[0]["test_accuracy"] - rows[1]["test_accuracy"],
             "total_wall_s": time.perf_counter() - t_start,
             "total_cpu_s": cpu_s() - c_start,
             "load_average_1_5_15": os.getloadavg(),
@@ -272,32 +363,7 @@ def main() -> None:
     report("probes")  # saved before the (expensive) backprop control, so it survives a kill
 
     if cfg.backprop_epochs:
-        bcfg = dataclasses.replace(pcfg, epochs=cfg.backprop_epochs)
-        n = x_tr.shape[0]
-        spe = n // bcfg.batch_size
-        k_i, k_d, k_k = jax.random.split(k_bp, 3)
-        params = train.backprop_init(k_i, net, bcfg, spe)
-        labels = jnp.asarray(y_tr)
-        step = jax.jit(
-            lambda p, b, k: train.backprop_chunk(p, images, labels, b, k, net, bcfg, spe)
-        )
-        t0, c0 = time.perf_counter(), cpu_s()
-        for e in range(bcfg.epochs):
-            batches = train.batch_indices(k_d, n, bcfg.batch_size, e)
-            keys = jax.random.split(jax.random.fold_in(k_k, e), spe)
-            for s in tqdm(range(0, spe, 100), desc=f"backprop epoch {e}", unit="chunk"):
-                params = step(params, batches[s : s + 100], keys[s : s + 100])
-        params = jax.block_until_ready(params)
-        rows.append(
-            {
-                "model": f"backprop_{bcfg.epochs}ep",
-                "test_accuracy": train.backprop_accuracy(params, x_te, y_te, net),
-                "train_accuracy": None,
-                "probe_s": time.perf_counter() - t0,
-                "probe_cpu_s": cpu_s() - c0,
-                "features_s": None,
-            }
-        )
+        rows.append(run_backprop(cfg, net, pcfg, k_bp, (x_tr, y_tr, x_te, y_te), out))
         report("backprop")
     print(f"filters: {out / 'filters.png'}")
 

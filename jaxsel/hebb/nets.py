@@ -207,16 +207,32 @@ def _block(x, w, bn, b: BlockConfig, train: bool) -> layers.ConvBlockOut:
 
 
 def forward(
-    state: NetState, x: jax.Array, cfg: NetConfig, *, train: bool
+    state: NetState,
+    x: jax.Array,
+    cfg: NetConfig,
+    *,
+    train: bool | tuple[bool, ...],
+    depth: int | None = None,
 ) -> tuple[list[layers.ConvBlockOut], NetState]:
-    """All blocks on a batch ``x (B, H, W, C)``; ``train`` uses batch statistics in BatchNorm."""
+    """The first ``depth`` blocks (default all) on a batch ``x (B, H, W, C)``.
+
+    ``train`` (one flag, or one per block) makes a block's BatchNorm use batch statistics and
+    update its running ones; a block with ``False`` uses (and keeps) its running statistics.
+    """
     _check_images(x, cfg)
-    outs, bns = [], []
+    n = len(cfg.blocks)
+    depth = n if depth is None else depth
+    flags = (train,) * n if isinstance(train, bool) else tuple(train)
+    if len(flags) != n or not 1 <= depth <= n:
+        raise ValueError(
+            f"need one train flag per block ({n}) and 1 <= depth <= {n}: {train=}, {depth=}"
+        )
+    outs, bns = [], list(state.bn)
     h = x
-    for w, bn, b in zip(state.weights, state.bn, cfg.blocks):
-        o = _block(h, w, bn, b, train)
+    for i in range(depth):
+        o = _block(h, state.weights[i], state.bn[i], cfg.blocks[i], flags[i])
         outs.append(o)
-        bns.append(o.bn)
+        bns[i] = o.bn
         h = o.out
     return outs, NetState(state.weights, tuple(bns))
 
@@ -238,20 +254,36 @@ class StepStats(NamedTuple):
     wins: tuple[jax.Array, ...]  # (out_i,) how often each neuron was the argmax, summed over b, pos
 
 
-def hebbian_step(state: NetState, x: jax.Array, cfg: NetConfig) -> tuple[NetState, StepStats]:
-    """One unsupervised SoftHebb step of ALL blocks on a batch ``x (B, H, W, C)``.
+def hebbian_step(
+    state: NetState, x: jax.Array, cfg: NetConfig, *, blocks: tuple[int, ...] | None = None
+) -> tuple[NetState, StepStats]:
+    """One unsupervised SoftHebb step on a batch ``x (B, H, W, C)``.
 
-    A single forward pass (BatchNorm with batch statistics) yields every block's ``(input, u)``;
-    each block's raw change (:func:`rules.conv_delta` of its rule's targets) goes through its
-    :func:`rules.softhebb` optimizer, and all kernels are updated together.
+    ``blocks`` are the blocks that learn (default all: the paper's "consecutive" training, every
+    block from the same forward pass). A single forward pass yields every learning block's
+    ``(input, u)``; each block's raw change (:func:`rules.conv_delta` of its rule's targets) goes
+    through its :func:`rules.softhebb` optimizer, and all are applied together. Blocks that do not
+    learn are frozen: their BatchNorm uses running statistics; blocks after the last learning one
+    are not run (``blocks=(i,)`` is one stage of the authors' "successive" mode). Their win
+    counts are zero.
     """
-    outs, state = forward(state, x, cfg, train=True)
-    new_w, wins = [], []
-    for o, w, b, tx in zip(outs, state.weights, cfg.blocks, plasticity(cfg)):
+    n = len(cfg.blocks)
+    learn = tuple(range(n)) if blocks is None else tuple(sorted(set(blocks)))
+    if not learn or not all(0 <= i < n for i in learn):
+        raise ValueError(f"blocks must be indices in [0, {n}), got {blocks=}")
+    flags = tuple(i in learn for i in range(n))
+    outs, state = forward(state, x, cfg, train=flags, depth=learn[-1] + 1)
+    new_w, wins = list(state.weights), []
+    txs = plasticity(cfg)
+    for i, b in enumerate(cfg.blocks):
+        if i not in learn:
+            wins.append(jnp.zeros((b.out_channels,), jnp.int32))
+            continue
+        o, w, tx = outs[i], state.weights[i], txs[i]
         y = rules.hebbian_targets(o.u, rule=b.rule, t_invert=b.t_invert)
         dw = rules.conv_delta(o.x_in, y, o.u, w, strides=(b.stride, b.stride))
         step, _ = tx.update(dw, tx.init(w), w)
-        new_w.append(optax.apply_updates(w, step))
+        new_w[i] = optax.apply_updates(w, step)
         winner = jnp.argmax(o.u, axis=-1).reshape(-1)
         wins.append(jnp.zeros((b.out_channels,), jnp.int32).at[winner].add(1))
     return NetState(tuple(new_w), state.bn), StepStats(tuple(wins))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,41 +47,80 @@ def unsupervised_chunk(
     images: jax.Array,
     batches: jax.Array,
     cfg: nets.NetConfig,
+    *,
+    blocks: tuple[int, ...] | None = None,
 ) -> tuple[nets.NetState, tuple[jax.Array, ...]]:
-    """Hebbian steps over ``batches (steps, batch)`` of indices into ``images (N, H, W, C)``."""
+    """Hebbian steps of ``blocks`` (default all) over ``batches (steps, batch)`` of indices into
+    ``images (N, H, W, C)``; see :func:`jaxsel.hebb.nets.hebbian_step`."""
 
     def body(carry, idx):
         s, w = carry
-        s, stats = nets.hebbian_step(s, images[idx], cfg)
+        s, stats = nets.hebbian_step(s, images[idx], cfg, blocks=blocks)
         return (s, tuple(a + b for a, b in zip(w, stats.wins))), None
 
     (state, wins), _ = lax.scan(body, (state, wins), batches)
     return state, wins
 
 
-def make_unsupervised_train(
-    cfg: nets.NetConfig, *, batch_size: int = 10, epochs: int = 1
-) -> Callable[[jax.Array, jax.Array], tuple[nets.NetState, tuple[jax.Array, ...]]]:
-    """``train(key, images) -> (state, wins)``: init, then ``epochs`` passes of all blocks at once.
+TrainingMode = Literal["consecutive", "successive"]
 
+
+def stage_schedule(
+    cfg: nets.NetConfig, mode: TrainingMode
+) -> tuple[tuple[tuple[int, ...] | None, int | None], ...]:
+    """The unsupervised stages: ``(learning blocks, batch-order key offset)`` per stage.
+
+    "consecutive" (the paper): one stage, all blocks learn from the same forward pass.
+    "successive" (the default of the authors' ``multi_layer.py``): block 0 alone for the given
+    epochs, then block 1 with block 0 frozen (BatchNorm in eval mode), and so on; stage ``i``
+    draws its own batch order (``fold_in(key, i)``).
+    """
+    if mode == "consecutive":
+        return ((None, None),)
+    if mode == "successive":
+        return tuple(((i,), i) for i in range(len(cfg.blocks)))
+    raise ValueError(f"mode must be 'consecutive' or 'successive', got {mode=!r}")
+
+
+def stage_batches(
+    key: jax.Array, n: int, batch_size: int, epoch: int | jax.Array, stage_key: int | None
+) -> jax.Array:
+    """:func:`batch_indices` of one stage (``stage_key=None``: the consecutive mode's order)."""
+    k = key if stage_key is None else jax.random.fold_in(key, 1000 + stage_key)
+    return batch_indices(k, n, batch_size, epoch)
+
+
+def make_unsupervised_train(
+    cfg: nets.NetConfig,
+    *,
+    batch_size: int = 10,
+    epochs: int = 1,
+    mode: TrainingMode = "consecutive",
+) -> Callable[[jax.Array, jax.Array], tuple[nets.NetState, tuple[jax.Array, ...]]]:
+    """``train(key, images) -> (state, wins)``: init, then ``epochs`` unsupervised passes.
+
+    ``mode="consecutive"`` (the paper): all blocks learn together, ``epochs`` passes over the data.
+    ``mode="successive"`` (the authors' script default): each block in turn learns for ``epochs``
+    passes with the blocks below it frozen (:func:`stage_schedule`).
     ``images`` are ``(N, H, W, C)`` floats in [0, 1]; ``wins[i]`` counts, per neuron of block i,
-    how often it was the argmax over the whole run (collapsed neurons never win).
+    how often it was the argmax while block i learned (collapsed neurons never win).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs=}")
+    stages = stage_schedule(cfg, mode)
 
     def train(key: jax.Array, images: jax.Array):
         k_init, k_data = jax.random.split(key)
+        carry = (nets.init_net(k_init, cfg), _zero_wins(cfg))
+        for blocks, stage_key in stages:
+            # Epochs are a scan too (not a Python loop): one copy of the step in the program, so
+            # the compile time does not grow with ``epochs`` (10 unrolled epochs: 15 CPU-s).
+            def epoch(carry, e, blocks=blocks, stage_key=stage_key):
+                batches = stage_batches(k_data, images.shape[0], batch_size, e, stage_key)
+                return unsupervised_chunk(*carry, images, batches, cfg, blocks=blocks), None
 
-        # Epochs are a scan too (not a Python loop): one copy of the step in the program, so
-        # the compile time does not grow with ``epochs`` (10 unrolled epochs: 15 CPU-s).
-        def epoch(carry, e):
-            batches = batch_indices(k_data, images.shape[0], batch_size, e)
-            return unsupervised_chunk(*carry, images, batches, cfg), None
-
-        init = (nets.init_net(k_init, cfg), _zero_wins(cfg))
-        (state, wins), _ = lax.scan(epoch, init, jnp.arange(epochs))
-        return state, wins
+            carry, _ = lax.scan(epoch, carry, jnp.arange(epochs))
+        return carry
 
     return train
 
@@ -167,10 +206,16 @@ class ProbeConfig:
     batch_size: int = 64
     lr: float = 1e-3
     dropout: float = 0.5
+    # Epochs at whose start the lr is halved; None: the authors' rule (:func:`lr_halving_epochs`).
+    halve_at: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"bad probe config: {self}")
+        if self.halve_at is not None and any(not 0 < e < self.epochs for e in self.halve_at):
+            raise ValueError(
+                f"halve_at epochs must lie in (0, {self.epochs=}), got {self.halve_at}"
+            )
 
 
 def lr_halving_epochs(epochs: int) -> tuple[int, ...]:
@@ -182,9 +227,8 @@ def lr_halving_epochs(epochs: int) -> tuple[int, ...]:
 
 
 def probe_schedule(cfg: ProbeConfig, steps_per_epoch: int) -> optax.Schedule:
-    return optax.piecewise_constant_schedule(
-        cfg.lr, {e * steps_per_epoch: 0.5 for e in lr_halving_epochs(cfg.epochs)}
-    )
+    halve = lr_halving_epochs(cfg.epochs) if cfg.halve_at is None else sorted(set(cfg.halve_at))
+    return optax.piecewise_constant_schedule(cfg.lr, {e * steps_per_epoch: 0.5 for e in halve})
 
 
 class LinearHead(NamedTuple):
@@ -301,12 +345,36 @@ def _backprop_tx(probe: ProbeConfig, steps_per_epoch: int) -> optax.GradientTran
     return optax.adam(probe_schedule(probe, steps_per_epoch))
 
 
+BackpropInit = Literal["softhebb", "torch"]
+
+
 def backprop_init(
-    key: jax.Array, cfg: nets.NetConfig, probe: ProbeConfig, steps_per_epoch: int
+    key: jax.Array,
+    cfg: nets.NetConfig,
+    probe: ProbeConfig,
+    steps_per_epoch: int,
+    *,
+    init: BackpropInit = "softhebb",
 ) -> BackpropState:
-    """Same initialisation as SoftHebb (``init_net`` of the same key) plus a linear head."""
+    """Kernels and a linear head for the backprop control.
+
+    ``init="softhebb"``: the SoftHebb initialisation (``init_net`` of the same key, neuron norms
+    ~25). ``init="torch"``: ``torch.nn.Conv2d``'s default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
+    (neuron norms ~0.58), what a backprop user of this architecture would start from.
+    """
+    if init not in ("softhebb", "torch"):
+        raise ValueError(f"init must be 'softhebb' or 'torch', got {init=!r}")
     k_net, k_head = jax.random.split(key)
     net = nets.init_net(k_net, cfg)
+    if init == "torch":
+        keys = jax.random.split(k_net, len(net.weights))
+        net = nets.NetState(
+            tuple(
+                jax.random.uniform(k, w.shape, w.dtype, -1.0, 1.0) / np.sqrt(np.prod(w.shape[:-1]))
+                for k, w in zip(keys, net.weights)
+            ),
+            net.bn,
+        )
     head = init_linear(k_head, int(np.prod(cfg.feature_shape())), cfg.num_classes)
     return BackpropState(net, head, _backprop_tx(probe, steps_per_epoch).init((net.weights, head)))
 
@@ -343,12 +411,12 @@ def backprop_chunk(
 
 
 def make_backprop_train(
-    cfg: nets.NetConfig, probe: ProbeConfig
+    cfg: nets.NetConfig, probe: ProbeConfig, *, init: BackpropInit = "softhebb"
 ) -> Callable[[jax.Array, jax.Array, jax.Array], BackpropState]:
     """The same architecture trained end to end by backprop (kernels and head; Adam, dropout).
 
     BatchNorm uses batch statistics while training and running statistics at test time, as for
-    SoftHebb; kernels start from the SoftHebb initialisation. ``train(key, images, labels)``
+    SoftHebb; kernels start from ``init`` (see :func:`backprop_init`). ``train(key, images, labels)``
     runs ``probe.epochs`` epochs with the probe's batch size and lr schedule.
     """
 
@@ -356,7 +424,7 @@ def make_backprop_train(
         n = images.shape[0]
         spe = n // probe.batch_size
         k_init, k_data, k_drop = jax.random.split(key, 3)
-        params = backprop_init(k_init, cfg, probe, spe)
+        params = backprop_init(k_init, cfg, probe, spe, init=init)
         for e in range(probe.epochs):
             batches = batch_indices(k_data, n, probe.batch_size, e)
             keys = jax.random.split(jax.random.fold_in(k_drop, e), spe)

@@ -21,6 +21,35 @@ def test_lr_halving_epochs_follow_the_authors_step_schedule():
     assert float(sched(3 * 49)) == pytest.approx(1e-3 / 2**7)
 
 
+def test_probe_schedule_with_explicit_halvings():
+    cfg = train.ProbeConfig(epochs=5, halve_at=(2, 4))
+    sched = train.probe_schedule(cfg, steps_per_epoch=10)
+    assert [float(sched(e * 10)) for e in range(5)] == pytest.approx(
+        [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    )
+    with pytest.raises(ValueError, match="halve_at"):
+        train.ProbeConfig(epochs=5, halve_at=(5,))
+
+
+def test_backprop_init_torch_default_and_softhebb():
+    cfg = nets.two_layer_preset()
+    probe = train.ProbeConfig(epochs=1)
+    key = jax.random.key(0)
+    torch_init = jit(lambda k: train.backprop_init(k, cfg, probe, 10, init="torch"))(key)
+    hebb_init = jit(lambda k: train.backprop_init(k, cfg, probe, 10))(key)
+    for w, b in zip(torch_init.net.weights, cfg.blocks):
+        fan_in = b.kernel_size**2 * w.shape[2]
+        w = np.asarray(w)
+        assert np.abs(w).max() <= 1 / np.sqrt(fan_in)
+        # U(-a, a) has variance a^2 / 3: neuron norms ~ sqrt(1/3)
+        norms = np.sqrt((w.reshape(-1, w.shape[-1]) ** 2).sum(0))
+        assert abs(norms.mean() - np.sqrt(1 / 3)) < 0.05
+    same = init_net(jax.random.split(key)[0], cfg).weights[0]  # SoftHebb's own init
+    np.testing.assert_allclose(hebb_init.net.weights[0], same, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="init"):
+        train.backprop_init(key, cfg, probe, 10, init="xavier")
+
+
 def test_probe_learns_separable_data_and_vmaps_over_seeds():
     rng = np.random.default_rng(0)
     centers = 3.0 * rng.normal(size=(3, 12))

@@ -85,6 +85,75 @@ def test_hebbian_step_is_the_composition_of_block_steps():
     )
 
 
+_one_block_step = jit(nets.hebbian_step, static_argnums=2, static_argnames="blocks")
+
+
+def test_hebbian_step_of_one_block_freezes_the_others():
+    """``blocks=(i,)`` (one stage of the authors' "successive" mode): only block i learns; the
+    blocks below run with running BatchNorm statistics, those above are not run."""
+    cfg = tiny_net()
+    state = init_net(jax.random.key(0), cfg)
+    state = state._replace(bn=(state.bn[0]._replace(mean=state.bn[0].mean + 0.3), state.bn[1]))
+    x = uniform(jax.random.key(1), (5, 8, 8, 1))
+    all_blocks, _ = _hebbian_step(state, x, cfg)
+    only0, st0 = _one_block_step(state, x, cfg, blocks=(0,))
+    np.testing.assert_allclose(only0.weights[0], all_blocks.weights[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(only0.weights[1], state.weights[1])
+    np.testing.assert_array_equal(only0.bn[1].mean, state.bn[1].mean)
+    assert int(st0.wins[1].sum()) == 0 and int(st0.wins[0].sum()) == 5 * 8 * 8
+
+    only1, st1 = _one_block_step(state, x, cfg, blocks=(1,))
+
+    @jit
+    def by_hand(state, x):
+        xn, _ = layers.batch_norm(x, state.bn[0], train=False)  # frozen: running statistics
+        u0 = rules.conv2d(layers.reflect_pad(xn, 1), state.weights[0])
+        h = layers.pool2d(rules.triangle(u0, power=0.7), kind="max", window=2, stride=2)
+        hn, bn1 = layers.batch_norm(h, state.bn[1], train=True)
+        w1 = rules.conv_step(layers.reflect_pad(hn, 1), state.weights[1], t_invert=0.65, lr=0.005)
+        return w1, bn1
+
+    w1, bn1 = by_hand(state, x)
+    np.testing.assert_array_equal(only1.weights[0], state.weights[0])
+    np.testing.assert_array_equal(only1.bn[0].mean, state.bn[0].mean)
+    np.testing.assert_allclose(only1.weights[1], w1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(only1.bn[1].var, bn1.var, rtol=1e-5)
+    assert int(st1.wins[0].sum()) == 0 and int(st1.wins[1].sum()) == 5 * 4 * 4
+    with pytest.raises(ValueError, match="blocks must be"):
+        nets.hebbian_step(state, x, cfg, blocks=(2,))
+
+
+def test_successive_mode_trains_one_block_per_stage():
+    cfg = tiny_net()
+    images = uniform(jax.random.key(2), (16, 8, 8, 1))
+    fn = train.make_unsupervised_train(cfg, batch_size=4, epochs=2, mode="successive")
+    state, wins = jit(fn)(jax.random.key(3), images)
+    # by hand: stage 0 trains block 0 alone, stage 1 block 1 on the frozen block 0
+    k_init, k_data = jax.random.split(jax.random.key(3))
+    s = init_net(k_init, cfg)
+    w = tuple(jnp.zeros((b.out_channels,), jnp.int32) for b in cfg.blocks)
+    for blocks, stage_key in train.stage_schedule(cfg, "successive"):
+        before = s
+        chunk = jit(
+            lambda s, w, b, blocks=blocks: train.unsupervised_chunk(
+                s, w, images, b, cfg, blocks=blocks
+            )
+        )
+        for e in range(2):
+            s, w = chunk(s, w, train.stage_batches(k_data, 16, 4, e, stage_key))
+        if blocks == (1,):
+            np.testing.assert_array_equal(s.weights[0], before.weights[0])
+            np.testing.assert_array_equal(s.bn[0].var, before.bn[0].var)
+        else:
+            np.testing.assert_array_equal(s.weights[1], before.weights[1])
+    for a, b in zip(state.weights, s.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # each block's wins were counted during its own stage: every position of 2 epochs
+    assert int(wins[0].sum()) == 2 * 16 * 8 * 8 and int(wins[1].sum()) == 2 * 16 * 4 * 4
+    with pytest.raises(ValueError, match="mode"):
+        train.make_unsupervised_train(cfg, mode="parallel")
+
+
 def test_make_unsupervised_train_chunks_and_vmap_over_seeds():
     cfg = tiny_net()
     images = uniform(jax.random.key(2), (24, 8, 8, 1))  # 6 batches: one chunk shape
