@@ -1,14 +1,19 @@
 """Train a SoftHebb conv net without labels, then a linear probe; compare with controls.
 
 Protocol (Journé et al., ICLR 2023): one unsupervised epoch at batch 10 with all blocks learning
-together, frozen features, dropout 0.5 + linear classifier (Adam 1e-3, batch 64, step schedule).
-Controls in the same run: the same net with random frozen weights (BatchNorm statistics calibrated
-on the training images), and optionally the same architecture trained end to end by backprop.
+together (``--training-mode successive``: one block after the other, the default of the authors'
+``multi_layer.py``), frozen features, dropout 0.5 + linear classifier (Adam 1e-3, batch 64, step
+schedule). Controls in the same run: the same net with random frozen weights (BatchNorm statistics
+calibrated on the training images; ``--probes`` adds one with BatchNorm left at its init), and
+optionally the same architecture trained end to end by backprop.
 
 Examples::
 
   python scripts/train_softhebb.py                                   # digits, ~1 min
   python scripts/train_softhebb.py --data fashion_mnist --preset two_layer --backprop-epochs 1
+  python scripts/train_softhebb.py --data fashion_mnist --preset two_layer --training-mode successive
+  python scripts/train_softhebb.py --data fashion_mnist --preset two_layer --only-backprop \
+      --backprop-epochs 5 --backprop-init torch --backprop-halve-at 2,3,4
 
 Writes ``<out>/result.json``, ``<out>/filters.png`` and an orbax checkpoint (``<out>/ckpt``) of the
 unsupervised state after every chunk; rerunning resumes from it and reproduces the same weights.
@@ -47,7 +52,10 @@ class Config:
     backprop_init: str = "softhebb"  # or "torch": torch.nn.Conv2d's default init
     backprop_halve_at: str = ""  # e.g. "2,3,4": epochs at which the lr halves ("": authors' rule)
     only_backprop: bool = False  # skip the unsupervised pass and the probes
-    skip_random: bool = False  # no random-weights control (e.g. already measured with this seed)
+    # Which frozen-feature probes to run: "softhebb"; "random" (random frozen weights, BatchNorm
+    # statistics calibrated on the data like the trained net's); "random_uncalibrated" (BatchNorm
+    # left at mean 0 / var 1, what training only the authors' classifier block would leave).
+    probes: str = "softhebb,random"
     limit_train: int = 0
     probe_train: int = 0  # 0: probe on all (limited) training images
     limit_test: int = 0
@@ -269,6 +277,7 @@ def main() -> None:
     t_run = 0.0
     c_unsup = cpu_s()
     n_img = 0
+    stage_s = [0.0] * len(stages)  # run time per stage (successive mode: one per block)
     for ci in tqdm(
         range(done, len(chunks)), desc="softhebb", unit="chunk", initial=done, total=len(chunks)
     ):
@@ -283,6 +292,7 @@ def main() -> None:
         t0 = time.perf_counter()
         state, wins = jax.block_until_ready(compiled[sig](state, wins, batches))
         t_run += time.perf_counter() - t0
+        stage_s[stage] += time.perf_counter() - t0
         n_img += batches.size
         mngr.save(ci + 1, args=ocp.args.StandardSave({"state": state, "wins": wins}))
     mngr.wait_until_finished()
@@ -293,6 +303,8 @@ def main() -> None:
         "cpu_s": cpu_s() - c_unsup,
         "images_per_s": n_img / t_run if t_run else None,
         "resumed_at_chunk": done,
+        "training_mode": cfg.training_mode,
+        "stage_run_s": stage_s,
     }
     print(
         f"unsupervised: {n_img} images in {t_run:.1f}s ({unsup['images_per_s'] or 0:.1f} img/s), "
@@ -326,10 +338,20 @@ def main() -> None:
     rows = []
     calib = train.batch_indices(k_data, x_unsup.shape[0], min(100, x_unsup.shape[0]), 0)[:100]
     calibrate = jax.jit(lambda s, b: train.calibrate_batch_norm(s, images, b, net))
-    controls = [("softhebb", calibrate(state, calib) if cfg.softhebb_bn == "calibrate" else state)]
-    # The random control: the same initial kernels (same key), BatchNorm calibrated alike.
-    if not cfg.skip_random:
+    wanted = [p for p in cfg.probes.split(",") if p]
+    unknown = set(wanted) - {"softhebb", "random", "random_uncalibrated"}
+    if unknown:
+        raise SystemExit(f"--probes: unknown {sorted(unknown)}")
+    controls = []
+    if "softhebb" in wanted:
+        controls.append(
+            ("softhebb", calibrate(state, calib) if cfg.softhebb_bn == "calibrate" else state)
+        )
+    # The random controls: the same initial kernels (same key), never trained.
+    if "random" in wanted:
         controls.append(("random_frozen", calibrate(nets.init_net(k_init, net), calib)))
+    if "random_uncalibrated" in wanted:
+        controls.append(("random_frozen_uncalibrated_bn", nets.init_net(k_init, net)))
     for name, st in controls:
         t0, c0 = time.perf_counter(), cpu_s()
         f_tr = train.extract_features(st, x_tr, net, dtype=dt, progress=True)
@@ -342,6 +364,7 @@ def main() -> None:
         del f_tr, f_te
 
     def report(stage: str) -> None:
+        acc = {r["model"]: r["test_accuracy"] for r in rows}
         print(format_table(rows))
         payload = {
             "config": dataclasses.asdict(cfg),
@@ -350,9 +373,9 @@ def main() -> None:
             "unsupervised": unsup,
             "blocks": blocks,
             "results": rows,
-            "softhebb_minus_random": None
-            if cfg.skip_random
-            else rows[0]["test_accuracy"] - rows[1]["test_accuracy"],
+            "softhebb_minus_random": acc["softhebb"] - acc["random_frozen"]
+            if {"softhebb", "random_frozen"} <= acc.keys()
+            else None,
             "total_wall_s": time.perf_counter() - t_start,
             "total_cpu_s": cpu_s() - c_start,
             "load_average_1_5_15": os.getloadavg(),
