@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -253,6 +255,27 @@ def main() -> None:
         for s in range(0, n_batches, cfg.chunk_steps)
     ]
     ckpt_dir = (out / "ckpt").absolute()
+    # A checkpoint counts chunks, so it only means something for the run that wrote it: resume
+    # only if everything that fixes the chunk sequence matches. A consecutive run may add epochs
+    # (its chunks are epoch-major); a successive run's stages depend on the epoch count.
+    trajectory = {
+        k: getattr(cfg, k)
+        for k in ("data", "preset", "pool", "batch_size", "chunk_steps", "limit_train", "seed")
+    }
+    trajectory["training_mode"] = cfg.training_mode
+    if cfg.training_mode != "consecutive":
+        trajectory["epochs"] = cfg.epochs
+    meta = out / "ckpt_run.json"
+    if cfg.no_resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # orbax does not save a step below the latest one
+    if ckpt_dir.exists() and meta.exists():
+        old = json.loads(meta.read_text())
+        if old != trajectory:
+            raise SystemExit(
+                f"{ckpt_dir} was written by another run ({old}), not this one ({trajectory}); "
+                "pass --no-resume to start over or choose another --out"
+            )
+    meta.write_text(json.dumps(trajectory, indent=1) + "\n")
     mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1))
     done = 0
     state, wins = state0, wins0

@@ -2,8 +2,9 @@
 
 Presets follow the authors' ``presets.json`` ("4SoftHebbCnnCIFAR": three softkrotov blocks, reflect
 padding, Triangle, max/max/avg pooling, BatchNorm without affine before every conv, then dropout 0.5
-and a linear classifier). All layers learn together from one forward pass per batch: every block's
-update is computed from the same (pre-update) weights, then all are applied.
+and a linear classifier). By default all layers learn together from one forward pass per batch:
+every block's update is computed from the same (pre-update) weights, then all are applied;
+:func:`hebbian_step` can also train a subset with the blocks below it frozen.
 """
 
 from __future__ import annotations
@@ -263,9 +264,9 @@ def hebbian_step(
     block from the same forward pass). A single forward pass yields every learning block's
     ``(input, u)``; each block's raw change (:func:`rules.conv_delta` of its rule's targets) goes
     through its :func:`rules.softhebb` optimizer, and all are applied together. Blocks that do not
-    learn are frozen: their BatchNorm uses running statistics; blocks after the last learning one
-    are not run (``blocks=(i,)`` is one stage of the authors' "successive" mode). Their win
-    counts are zero.
+    learn are frozen: their BatchNorm uses running statistics, their kernels and win counts
+    stay as they are (counts of this step: zero); blocks after the last learning one are not run
+    at all. ``blocks=(i,)`` is one step of a stage of the authors' "successive" mode.
     """
     n = len(cfg.blocks)
     learn = tuple(range(n)) if blocks is None else tuple(sorted(set(blocks)))

@@ -73,7 +73,7 @@ def stage_schedule(
     "consecutive" (the paper): one stage, all blocks learn from the same forward pass.
     "successive" (the default of the authors' ``multi_layer.py``): block 0 alone for the given
     epochs, then block 1 with block 0 frozen (BatchNorm in eval mode), and so on; stage ``i``
-    draws its own batch order (``fold_in(key, i)``).
+    draws its own batch order (:func:`stage_batches` with ``stage_key=i``).
     """
     if mode == "consecutive":
         return ((None, None),)
@@ -85,7 +85,8 @@ def stage_schedule(
 def stage_batches(
     key: jax.Array, n: int, batch_size: int, epoch: int | jax.Array, stage_key: int | None
 ) -> jax.Array:
-    """:func:`batch_indices` of one stage (``stage_key=None``: the consecutive mode's order)."""
+    """:func:`batch_indices` of one stage: from ``fold_in(key, 1000 + stage_key)``, or from
+    ``key`` itself when ``stage_key`` is None (the consecutive mode's order, unchanged)."""
     k = key if stage_key is None else jax.random.fold_in(key, 1000 + stage_key)
     return batch_indices(k, n, batch_size, epoch)
 
