@@ -187,6 +187,25 @@ def run_backprop(cfg: Config, net: nets.NetConfig, pcfg, key, ds, out: Path) -> 
     }
 
 
+def save_result(
+    out: Path, cfg: Config, net: nets.NetConfig, stage: str, rows: list[dict], t0c0, **extra
+) -> None:
+    """Print the result rows and write ``<out>/result.json`` (after every stage: survives a kill)."""
+    print(format_table([{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows]))
+    payload = {
+        "config": dataclasses.asdict(cfg),
+        "net": dataclasses.asdict(net),
+        "stage": stage,
+        **extra,
+        "results": rows,
+        "total_wall_s": time.perf_counter() - t0c0[0],
+        "total_cpu_s": cpu_s() - t0c0[1],
+        "load_average_1_5_15": os.getloadavg(),
+    }
+    path = write_json(out / "result.json", payload)
+    print(f"[{stage}] wrote {path}; {payload['total_wall_s'] / 60:.1f} min so far")
+
+
 def save_curve_png(acc: list[float], path: Path, title: str) -> None:
     import matplotlib
 
@@ -228,17 +247,7 @@ def main() -> None:
         if cfg.probe_train:
             x_tr, y_tr = x_tr[: cfg.probe_train], y_tr[: cfg.probe_train]
         row = run_backprop(cfg, net, pcfg, k_bp, (x_tr, y_tr, x_te, y_te), out)
-        print(format_table([{k: v for k, v in row.items() if k != "test_accuracy_per_epoch"}]))
-        payload = {
-            "config": dataclasses.asdict(cfg),
-            "net": dataclasses.asdict(net),
-            "stage": "backprop",
-            "results": [row],
-            "total_wall_s": time.perf_counter() - t_start,
-            "total_cpu_s": cpu_s() - c_start,
-            "load_average_1_5_15": os.getloadavg(),
-        }
-        print(f"wrote {write_json(out / 'result.json', payload)}")
+        save_result(out, cfg, net, "backprop", [row], (t_start, c_start))
         return
 
     # ---------------------------------------------------------------- unsupervised pass, chunked
@@ -388,23 +397,13 @@ def main() -> None:
 
     def report(stage: str) -> None:
         acc = {r["model"]: r["test_accuracy"] for r in rows}
-        print(format_table(rows))
-        payload = {
-            "config": dataclasses.asdict(cfg),
-            "net": dataclasses.asdict(net),
-            "stage": stage,
-            "unsupervised": unsup,
-            "blocks": blocks,
-            "results": rows,
-            "softhebb_minus_random": acc["softhebb"] - acc["random_frozen"]
+        gap = (
+            acc["softhebb"] - acc["random_frozen"]
             if {"softhebb", "random_frozen"} <= acc.keys()
-            else None,
-            "total_wall_s": time.perf_counter() - t_start,
-            "total_cpu_s": cpu_s() - c_start,
-            "load_average_1_5_15": os.getloadavg(),
-        }
-        path = write_json(out / "result.json", payload)
-        print(f"[{stage}] wrote {path}; {payload['total_wall_s'] / 60:.1f} min so far")
+            else None
+        )
+        extra = {"unsupervised": unsup, "blocks": blocks, "softhebb_minus_random": gap}
+        save_result(out, cfg, net, stage, rows, (t_start, c_start), **extra)
 
     report("probes")  # saved before the (expensive) backprop control, so it survives a kill
 

@@ -90,7 +90,7 @@ class OreoConfig:
     n_eval_beam: int = 256  # beam search costs ~B^2 samples per prompt: evaluated on a prefix
     # critic-only fit of the final policy's value for beam search (make_value_fit); on 1024
     # prompts x 8 for 1500 steps (~12 epochs) it memorised its data (within-prompt AUC 0.59),
-    # on 4096 x 8 for 3000 steps (~3 epochs) it ranks (AUC 0.82, results/oreo/README.md)
+    # on 4096 x 8 for 3000 steps (~3 epochs) it ranks (3-seed AUC 0.79, results/oreo/README.md)
     value_steps: int = 3000
     value_lr: float = 1e-3
     value_prompts: int = 4096
