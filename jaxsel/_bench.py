@@ -8,7 +8,8 @@ What it measures, and how:
 - optional comparison of two callables on the same inputs in the same run, reported as a ratio;
 - machine, Python, jax and device information, so every JSON file says where it was measured.
 
-Benchmarks are scripts, never timed tests: tests only check that this harness measures what it says.
+Benchmarks are scripts, never timed tests: tests only check that this harness measures what it says,
+with a fake ``clock`` (every timing function takes one; the default is ``time.perf_counter``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def time_fn(
     iters: int = 10,
     jit: bool = True,
     static_argnums: Sequence[int] = (),
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Timing:
     """Times ``fn(*args)``: compile once (AOT, timed apart), then the median of ``iters`` calls.
 
@@ -68,6 +70,8 @@ def time_fn(
       iters: timed calls; each ends with ``block_until_ready`` on the outputs.
       jit: set False for a callable that is already compiled or is not a JAX function (e.g. a copy).
       static_argnums: forwarded to ``jax.jit``.
+      clock: seconds since an arbitrary origin, read before and after the compilation and each
+        timed call (tests pass a fake one).
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters=}")
@@ -75,9 +79,9 @@ def time_fn(
         raise ValueError(f"warmup must be >= 0, got {warmup=}")
     label = name or getattr(fn, "__name__", "fn")
     if jit:
-        t0 = time.perf_counter()
+        t0 = clock()
         compiled = jax.jit(fn, static_argnums=tuple(static_argnums)).lower(*args).compile()
-        compile_s = time.perf_counter() - t0
+        compile_s = clock() - t0
         dynamic = [a for i, a in enumerate(args) if i not in set(static_argnums)]
         call = lambda: compiled(*dynamic)
     else:
@@ -87,9 +91,9 @@ def time_fn(
         _block(call())
     times = []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0 = clock()
         _block(call())
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return Timing(
         name=label,
         compile_s=compile_s,
@@ -107,10 +111,12 @@ def compare(
     *args: Any,
     warmup: int = 2,
     iters: int = 10,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
     """Times two callables on the same inputs in the same run; ``ratio`` = candidate / baseline."""
-    base = time_fn(baseline[1], *args, name=baseline[0], warmup=warmup, iters=iters)
-    cand = time_fn(candidate[1], *args, name=candidate[0], warmup=warmup, iters=iters)
+    kw = dict(warmup=warmup, iters=iters, clock=clock)
+    base = time_fn(baseline[1], *args, name=baseline[0], **kw)
+    cand = time_fn(candidate[1], *args, name=candidate[0], **kw)
     return {
         "baseline": base.as_dict(),
         "candidate": cand.as_dict(),
@@ -118,7 +124,9 @@ def compare(
     }
 
 
-def copy_bandwidth(nbytes: int = 256 * 2**20, *, iters: int = 10) -> float:
+def copy_bandwidth(
+    nbytes: int = 256 * 2**20, *, iters: int = 10, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """Measured memory-copy bandwidth in bytes/s (read + write) of the default device.
 
     The reference for "achieved bandwidth" numbers: an ``x + 0``-free copy, ``x * 1`` in f32, which
@@ -126,7 +134,7 @@ def copy_bandwidth(nbytes: int = 256 * 2**20, *, iters: int = 10) -> float:
     """
     n = max(nbytes // 4, 1)
     x = jax.device_put(np.ones((n,), np.float32))
-    t = time_fn(lambda a: a * 1.0001, x, name="copy", iters=iters)
+    t = time_fn(lambda a: a * 1.0001, x, name="copy", iters=iters, clock=clock)
     return 2 * n * 4 / t.median_s
 
 

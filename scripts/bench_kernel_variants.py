@@ -13,7 +13,7 @@ Per cache length N (Hq=32, Hkv=8, d=128, bf16, k=2048), all in the same run:
   compaction through ``jnp.nonzero(size=k)`` (a ``bincount`` scatter-add) for comparison.
 
     python scripts/bench_kernel_variants.py --out results/gpu/bench_kernel_variants.json
-    python scripts/bench_kernel_variants.py --ns 4096 --interpret --out /tmp/v.json   # CPU plumbing
+    python scripts/bench_kernel_variants.py --ns 4096 --interpret --out results/scratch/v.json  # CPU plumbing
 """
 
 from __future__ import annotations

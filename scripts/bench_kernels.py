@@ -15,7 +15,7 @@ budget 128 + 2048 + 512), all in the same run:
 Compile time is reported apart from the steady state (median of ``--iters`` calls).
 
     python scripts/bench_kernels.py --out results/gpu/bench_kernels.json      # on a GPU
-    python scripts/bench_kernels.py --small --out /tmp/bench_kernels_cpu.json # CPU smoke run
+    python scripts/bench_kernels.py --small --out results/scratch/bench_kernels_cpu.json  # CPU smoke run
 
 Backends are compared in the same run: ``--impls`` (default: ``xla`` plus the library's pick for
 the device, i.e. ``xla mosaic_gpu`` on a Hopper GPU) times the scoring pass, ``token_select``,
@@ -24,7 +24,7 @@ the device, i.e. ``xla mosaic_gpu`` on a Hopper GPU) times the scoring pass, ``t
 shapes: ``--tiny``; interpreter times mean nothing).
 
     python scripts/bench_kernels.py --impls xla mosaic_gpu --out results/gpu/bench_kernels.json
-    python scripts/bench_kernels.py --tiny --impls xla mosaic_gpu --interpret --out /tmp/b.json
+    python scripts/bench_kernels.py --tiny --impls xla mosaic_gpu --interpret --out results/scratch/b.json
 """
 
 from __future__ import annotations

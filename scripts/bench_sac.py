@@ -1,9 +1,9 @@
 """SAC side by side: jaxsel vs rejax on Pendulum-v1, same budget and networks, in one run.
 
-    # rejax 0.1.3 lives in its own venv (it needs gymnax 0.0.9; gymnax 1.0 changed ``step``):
-    python3.11 -m venv /tmp/venv-rejax && /tmp/venv-rejax/bin/pip install rejax gymnax==0.0.9 \
-        flashbax tqdm
-    PYTHONPATH=/work/main nice -n 10 /tmp/venv-rejax/bin/python scripts/bench_sac.py
+    # from the repository root; rejax 0.1.3 lives in its own venv (it needs gymnax 0.0.9;
+    # gymnax 1.0 changed ``step``), which imports this checkout through PYTHONPATH:
+    python3.11 -m venv .venv-rejax && .venv-rejax/bin/pip install rejax gymnax==0.0.9 flashbax tqdm
+    PYTHONPATH=. nice -n 10 .venv-rejax/bin/python scripts/bench_sac.py
 
 Both libraries run their whole training loop under one ``jit``, vmapped over seeds. Per library and
 seed count it reports compile time (AOT, separately), wall-clock of one training run (the fastest
@@ -17,10 +17,11 @@ Differences that remain (documented, not hidden): rejax treats a time-limit trun
 guard becomes a select, so it also computes (and discards) updates during warm-up.
 
 sbx (SB3 in JAX, RL Zoo settings: 256x256 networks, learning_starts 100) runs in its own venv through
-``scripts/bench_sac_sbx.py`` (``--sbx-python``; skipped with a message when that venv is missing), one
-seed, in the same run. Its networks are larger than the 64x64 used for jaxsel and rejax, as RL Zoo
-has them; its ``compile_s`` is the first 200 steps (compile included) and ``run_s`` the remaining
-steady-state steps scaled to the full budget.
+``scripts/bench_sac_sbx.py`` (``--sbx-python``, default ``.venv-sbx/bin/python`` in the repository
+root; skipped with a message when that venv is missing), one seed, in the same run. Its networks are
+larger than the 64x64 used for jaxsel and rejax, as RL Zoo has them; its ``compile_s`` is the first
+200 steps (compile included) and ``run_s`` the remaining steady-state steps scaled to the full
+budget.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import numpy as np
 from jaxsel._bench import format_table, write_json
 from jaxsel.rl import envs, sac
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @dataclasses.dataclass(frozen=True)
 class Args:
@@ -49,7 +52,7 @@ class Args:
     seeds: tuple[int, ...] = (1, 8)
     eval_episodes: int = 10
     repeats: int = 2
-    sbx_python: str = "/tmp/venv-sbx/bin/python"
+    sbx_python: str = ".venv-sbx/bin/python"  # a relative path is taken from the repository root
     peers: tuple[str, ...] = ("jaxsel", "rejax")
     out: str = "results/sac"
 
@@ -66,7 +69,12 @@ def parse_args() -> Args:
     p.add_argument(
         "--repeats", type=int, default=Args.repeats, help="timed runs per library (interleaved)"
     )
-    p.add_argument("--sbx-python", type=str, default=Args.sbx_python, help="'' to skip sbx")
+    p.add_argument(
+        "--sbx-python",
+        type=str,
+        default=Args.sbx_python,
+        help="sbx venv's python, relative to the repository root unless absolute; '' to skip sbx",
+    )
     p.add_argument("--peers", nargs="+", default=list(Args.peers), choices=["jaxsel", "rejax"])
     p.add_argument("--out", type=str, default=Args.out)
     a = p.parse_args()
@@ -235,13 +243,14 @@ def run_sbx(args: Args, out: Path, curves: dict) -> list[dict]:
     import subprocess
     import sys
 
-    if not args.sbx_python or not Path(args.sbx_python).exists():
+    sbx_python = ROOT / args.sbx_python if args.sbx_python else None
+    if sbx_python is None or not sbx_python.exists():
         print(f"sbx skipped: no interpreter at {args.sbx_python!r} (see the module docstring)")
         return []
     print("running sbx x1 seed (its own venv) ...", flush=True)
     path = out / "bench_sac_sbx.json"
     script = Path(__file__).with_name("bench_sac_sbx.py")
-    cmd = [args.sbx_python, str(script), "--steps", str(args.total_timesteps), "--seeds", "0"]
+    cmd = [str(sbx_python), str(script), "--steps", str(args.total_timesteps), "--seeds", "0"]
     cmd += ["--eval-episodes", str(args.eval_episodes), "--out", str(path)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:

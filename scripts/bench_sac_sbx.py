@@ -3,9 +3,11 @@
 sbx is a peer, never a dependency: it lives in its own venv. Its PyPI wheel depends on torch (via
 stable-baselines3), so install the local CPU torch first or pip pulls a multi-GB CUDA build:
 
-    python3.11 -m venv /tmp/venv-sbx && /tmp/venv-sbx/bin/pip install torch==2.13.0 && \\
-        /tmp/venv-sbx/bin/pip install sbx-rl
-    /tmp/venv-sbx/bin/python scripts/bench_sac_sbx.py --seeds 0 --out /tmp/sbx.json
+    # from the repository root (``.venv-sbx`` is where bench_sac.py looks by default)
+    python3.11 -m venv .venv-sbx && .venv-sbx/bin/pip install torch==2.13.0 && \\
+        .venv-sbx/bin/pip install sbx-rl
+    mkdir -p results/scratch && .venv-sbx/bin/python scripts/bench_sac_sbx.py --seeds 0 \\
+        --out results/scratch/sbx.json
 
 RL Zoo's ``sac.yml`` for Pendulum-v1: 20k steps, ``MlpPolicy``, learning rate 1e-3, everything else
 SB3's default (256x256 networks, batch 256, learning_starts 100, one gradient step per env step).

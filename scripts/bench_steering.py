@@ -39,6 +39,7 @@ from tqdm import tqdm
 from jaxsel import _bench
 from jaxsel import diffusion as D
 from jaxsel.diffusion import toys, train
+from jaxsel.diffusion.metrics import sliced_w1_to_gmm
 
 OUT = Path("results/diffusion")
 GMM_W = jnp.array([1.0, 0.5])
@@ -46,31 +47,6 @@ CHUNK = 64  # outputs per compiled call
 
 
 # ------------------------------------------------------------------------------------ metrics
-
-
-def sliced_w1_to_gmm(
-    x: np.ndarray, target: toys.GMM, *, num_proj: int = 64, seed: int = 0
-) -> float:
-    """Sliced 1-Wasserstein between a point cloud (n, d) and a Gaussian mixture, exactly per slice.
-
-    Each projection u of the mixture is the 1D mixture sum_k pi_k N(u.mu_k, u'Sigma_k u), so
-    W1 = integral |F_emp(z) - F(z)| dz is computed against the exact CDF on a fine grid (no
-    reference-sample noise; the only noise is the n samples themselves, see ``noise floor``).
-    """
-    from scipy.special import ndtr
-
-    rng = np.random.default_rng(seed)
-    dirs = rng.normal(size=(num_proj, x.shape[1]))
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    wts, mus, covs = (np.asarray(a, np.float64) for a in target)
-    z = np.linspace(-15.0, 15.0, 6001)
-    total = 0.0
-    for u in dirs:
-        m, sd = mus @ u, np.sqrt(np.einsum("i,kij,j->k", u, covs, u))
-        cdf = ndtr((z[:, None] - m) / sd) @ wts
-        emp = np.searchsorted(np.sort(x @ u), z, side="right") / len(x)
-        total += np.abs(emp - cdf).sum() * (z[1] - z[0])
-    return float(total / num_proj)
 
 
 def mean_pairwise_distance(x: np.ndarray) -> float:

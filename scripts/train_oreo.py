@@ -1,7 +1,7 @@
 """Train and evaluate SFT, RFT, DPO and OREO on the arithmetic-chain task (one seed).
 
-    python scripts/train_oreo.py --seed 0 --ckpt-dir /tmp/oreo_ckpt        # full config
-    python scripts/train_oreo.py --quick                                    # ~1 minute smoke run
+    python scripts/train_oreo.py --seed 0 --ckpt-dir results/scratch/oreo_ckpt   # full config
+    python scripts/train_oreo.py --quick                                         # ~1 minute smoke
 
 Each phase (SFT, RFT, DPO, OREO token/step, iterative rounds) is saved with orbax under
 ``--ckpt-dir/seed<k>/<phase>``; rerunning with the same arguments resumes from the last saved

@@ -1,39 +1,74 @@
-"""The conftest gives 8 virtual CPU devices, and shard_map over them computes what one device does."""
+"""What tests/conftest.py sets up: 8 virtual CPU devices (unless the caller chose a count), the
+``cpu_devices`` fixture, and the ``pallas_interpret`` default with its environment override."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+
+CONFTEST = Path(__file__).resolve().parent / "conftest.py"
+COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+# Loads tests/conftest.py as a plain module in a fresh interpreter, then initialises jax there.
+_PROBE = """
+import importlib.util, json, os, sys
+spec = importlib.util.spec_from_file_location("probe_conftest", sys.argv[1])
+conftest = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(conftest)
+import jax
+print(json.dumps({
+    "xla_flags": os.environ["XLA_FLAGS"],
+    "n_cpu": len(jax.devices("cpu")),
+    "interpret": conftest._interpret_default(),
+}))
+"""
 
 
-def test_eight_virtual_devices(cpu_devices):
-    assert len(cpu_devices) == 8
-
-
-def test_sharded_reduction_matches_single_device(cpu_devices):
-    mesh = Mesh(np.array(cpu_devices[:4]), ("x",))
-    x = jnp.arange(4 * 6, dtype=jnp.float32).reshape(4, 6)
-    xs = jax.device_put(x, NamedSharding(mesh, P("x", None)))
-    assert len(xs.sharding.device_set) == 4
-
-    def local(block):
-        return jax.lax.psum(jnp.sum(block**2), "x")
-
-    total = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P("x", None), out_specs=P()))(xs)
-    np.testing.assert_allclose(total, jnp.sum(x**2))
-
-
-def test_device_count_flag_must_precede_jax_import():
-    # In a fresh interpreter that sets the flag before importing jax, the count is honoured.
-    code = (
-        "import os; os.environ['XLA_FLAGS']='--xla_force_host_platform_device_count=4';"
-        "import jax; print(len(jax.devices('cpu')))"
+def _probe(**env: str) -> dict:
+    full = {
+        k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXSEL_PALLAS_INTERPRET")
+    }
+    full.update(JAX_PLATFORMS="cpu", **env)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(CONFTEST)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full,
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "4", out.stderr
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_devices_fixture_gives_eight_distinct_cpu_devices(cpu_devices):
+    assert len(cpu_devices) == 8
+    assert {d.platform for d in cpu_devices} == {"cpu"}
+    assert len({d.id for d in cpu_devices}) == 8
+    assert f"{COUNT_FLAG}=8" in os.environ["XLA_FLAGS"]
+
+
+def test_pallas_interpret_fixture_is_true_on_cpu_unless_forced(pallas_interpret):
+    forced = os.environ.get("JAXSEL_PALLAS_INTERPRET")
+    if forced is None:
+        assert pallas_interpret == (jax.default_backend() == "cpu")
+    else:
+        assert pallas_interpret == (forced not in ("0", "false", "False", ""))
+
+
+def test_conftest_appends_the_device_count_to_the_callers_flags():
+    got = _probe(XLA_FLAGS="--xla_cpu_enable_fast_math=false")
+    assert got["xla_flags"] == f"--xla_cpu_enable_fast_math=false {COUNT_FLAG}=8"
+    assert got["n_cpu"] == 8
+    assert got["interpret"] is True  # CPU backend, no override
+
+
+def test_conftest_keeps_a_callers_device_count_and_honours_the_interpret_override():
+    got = _probe(XLA_FLAGS=f"{COUNT_FLAG}=4", JAXSEL_PALLAS_INTERPRET="0")
+    assert got["xla_flags"] == f"{COUNT_FLAG}=4"
+    assert got["n_cpu"] == 4
+    assert got["interpret"] is False

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hebb_jit import jit
 
 from jaxsel.hebb import layers
+from jaxsel.pool import soft_pool
 
 
 def test_batch_norm_matches_numpy_train_and_eval():
@@ -79,15 +78,29 @@ def test_pool_matches_torch(torch):
     )
 
 
-def test_soft_pool_dispatches_to_jaxsel_pool():
-    pool_mod = importlib.import_module("jaxsel.pool")
-    if not hasattr(pool_mod, "soft_pool"):
-        pytest.skip("jaxsel.pool.soft_pool is not available yet")
-    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 8, 8, 3)), jnp.float32)
-    got = layers.pool2d(x, kind="soft", window=2, stride=2, padding=0)
-    want = pool_mod.soft_pool(x, (2, 2), strides=(2, 2), padding=((0, 0), (0, 0)))
-    np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert got.shape == (2, 4, 4, 3)
+def np_soft_pool(x, k, s, p):
+    """SoftPool in float64: per window, sum_i softmax(x_R)_i x_i; padded cells weigh 0."""
+    b, h, w, c = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (p, p), (p, p), (0, 0)), constant_values=np.nan)
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    out = np.empty((b, ho, wo, c))
+    for i in range(ho):
+        for j in range(wo):
+            win = xp[:, i * s : i * s + k, j * s : j * s + k, :].reshape(b, k * k, c)
+            valid = ~np.isnan(win)
+            e = np.where(valid, np.exp(win - np.nanmax(win, axis=1, keepdims=True)), 0.0)
+            out[:, i, j, :] = (e * np.where(valid, win, 0.0)).sum(1) / e.sum(1)
+    return out
+
+
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1)])
+def test_soft_pool_matches_numpy_and_dispatches_to_jaxsel_pool(k, s, p):
+    x = np.random.default_rng(4).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    got = jit(lambda x: layers.pool2d(x, kind="soft", window=k, stride=s, padding=p))(x)
+    np.testing.assert_allclose(got, np_soft_pool(x, k, s, p), rtol=1e-5, atol=1e-6)
+    want = soft_pool(jnp.asarray(x), (k, k), strides=(s, s), padding=((p, p), (p, p)))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert got.shape == (2, (8 + 2 * p - k) // s + 1, (8 + 2 * p - k) // s + 1, 3)
 
 
 def test_pool_rejects_unknown_kind():

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from jaxsel.models import retrieval as rt
-
-RESULTS = Path(__file__).resolve().parents[2] / "results" / "models"
 
 
 def test_eval_batch_matches_a_plain_decoding_of_the_task():
@@ -74,27 +71,32 @@ def test_resumed_training_equals_uninterrupted():
 
 
 @pytest.mark.skipif(not (rt.ASSET_DIR / "train_config.json").exists(), reason="no shipped model")
-def test_shipped_checkpoint_reproduces_the_table_slice():
-    """Recomputes the cells stored in results/models/longcontext_slice.json by the eval script."""
-    stored = json.loads((RESULTS / "longcontext_slice.json").read_text())
+def test_shipped_checkpoint_solves_the_task_and_tokenselect_keeps_it_at_16x():
+    """The shipped model answers (nearly) every question at its training length with dense
+    attention; at 16x that length TokenSelect still does and dense attention does not."""
     params, config, info = rt.load_model()
     assert config.vocab_size == rt.VOCAB
-    policies = rt.eval_policies(info["train_config"]["train_len"])
-    # the headline contrast at 16x the training length: TokenSelect keeps it, dense loses it
-    cells = [c for c in stored["cells"] if c["multiple"] == 16]
-    assert {c["policy"] for c in cells} == {"dense", "tokenselect_compact"}
-    for cell in cells:
+    train_len = info["train_config"]["train_len"]
+    policies = rt.eval_policies(train_len)
+    n = 20
+
+    def accuracy(policy: str, multiple: int) -> float:
         res = rt.evaluate(
             params,
             config,
-            policies[cell["policy"]],
-            length=cell["length"],
-            n=cell["n"],
-            key=jax.random.fold_in(jax.random.key(stored["seed"]), cell["multiple"]),
-            train_len=info["train_config"]["train_len"],
+            policies[policy],
+            length=multiple * train_len,
+            n=n,
+            key=jax.random.fold_in(jax.random.key(0), multiple),
+            train_len=train_len,
         )
-        # greedy argmax on another CPU may flip a near-tie: allow one question of slack
-        assert abs(res["accuracy"] - cell["accuracy"]) <= 1.0 / cell["n"] + 1e-9, cell
+        return res["accuracy"]
+
+    # greedy argmax on another CPU may flip a near-tie: one question of slack at 1x, two at 16x
+    assert accuracy("dense", 1) >= 1 - 1 / n
+    ts, dense = accuracy("tokenselect_compact", 16), accuracy("dense", 16)
+    assert ts >= 1 - 2 / n, (ts, dense)
+    assert ts - dense >= 0.5, (ts, dense)  # the headline contrast: dense loses the retrieval
 
 
 @pytest.mark.slow  # tests/test_cli.py runs `jaxsel demo --quick` by default; this adds the PNG check

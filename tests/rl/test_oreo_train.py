@@ -72,35 +72,96 @@ def test_tiny_pipeline_smoke():
     assert set(np.unique(off2.reward)) <= {0.0, 1.0} and off2.tokens.shape == off.tokens.shape
 
 
+def _checked_reward(tokens, prompt_len, modulus: int) -> float:
+    """The task's 0/1 reward recomputed in plain Python from the token buffer: the answer of the
+    prompt's chain (``<bos> x0 (op a)* |``), against the number after the response's first ``>``
+    when ``<eos>`` follows it."""
+    toks, plen = [int(t) for t in tokens], int(prompt_len)
+    assert toks[0] == TR.T.BOS and toks[plen - 1] == TR.T.SEP
+    y = toks[1] - TR.T.NUM0
+    for op, a in zip(toks[2 : plen - 1 : 2], toks[3 : plen - 1 : 2]):
+        a -= TR.T.NUM0
+        y = {TR.T.PLUS: y + a, TR.T.MINUS: y - a, TR.T.TIMES: y * a}[op] % modulus
+    resp = [*toks[plen:], TR.T.PAD, TR.T.PAD]
+    if TR.T.ANS not in resp:
+        return 0.0
+    i = resp.index(TR.T.ANS)
+    return float(resp[i + 1] == TR.T.NUM0 + y and resp[i + 2] == TR.T.EOS)
+
+
 @pytest.mark.slow
 def test_oreo_trainer_fits_values_of_a_fixed_policy():
-    """With pi == pi_ref the log-ratios vanish and Eq. 8 regresses V(s_t) onto the reward."""
+    """With pi == pi_ref the log-ratios vanish and Eq. 8 regresses V(s_t) onto the reward: with
+    every reward set to 1, V = 1 on every response state. Beam search and the value ranking are
+    then recomputed from their samples with a plain-Python checker of the task."""
     cfg = TR.OreoConfig.quick(batch_size=32, critic_lr=3e-3, lr=0.0)
-    p = M.init_params_jit(jax.random.key(0), cfg.model)
-    prompts = TR.T.prompt_batch(jax.random.key(1), 32, cfg.task_with(cfg.task.n_steps))
+    tcfg = cfg.task_with(cfg.task.n_steps)
+    # a short SFT, so that the policy solves some prompts and not others
+    sft_data, _ = TR.T.sft_batch(jax.random.key(7), 512, tcfg, cfg.p_err, cfg.p_confuse)
+    p, _ = TR.make_sft(cfg, steps=100, lr=cfg.sft_lr)(
+        jax.random.key(8),
+        M.init_params_jit(jax.random.key(0), cfg.model),
+        sft_data.tokens,
+        sft_data.prompt_len,
+        sft_data.length,
+        jnp.ones(512),
+    )
+    prompts = TR.T.prompt_batch(jax.random.key(1), 32, tcfg)
     data, _ = TR.collect(p, prompts, jax.random.key(2), cfg, k=2, temperature=1.0)
+    want = [_checked_reward(t, pl, tcfg.modulus) for t, pl in zip(data.tokens, data.prompt_len)]
+    np.testing.assert_array_equal(data.reward, want)
+    assert 0.0 < np.mean(want) < 1.0  # both right and wrong samples: the checks below can fail
     data = data._replace(reward=jnp.ones_like(data.reward))
+    mask = np.asarray(jax.vmap(TR.T.sequence_masks)(data.tokens, data.prompt_len, data.length)[0])
+    values = jax.jit(jax.vmap(lambda v, t: M.values(v, t, cfg.model), in_axes=(None, 0)))
+
+    def assert_fits_one(value):
+        v = np.asarray(values(value, data.tokens))[:, :-1][mask > 0]  # state j scores token j+1
+        assert abs(v.mean() - 1.0) < 0.05 and np.sqrt(np.mean((v - 1.0) ** 2)) < 0.05, v
+
     train = TR.make_oreo(cfg, steps=60, step_level=False)
-    _, _, ls = train(jax.random.key(3), p, TR.value_init(p, cfg), p, data)
+    _, val, ls = train(jax.random.key(3), p, TR.value_init(p, cfg), p, data)
     ls = np.asarray(ls)
     assert np.all(np.isfinite(ls))
     assert ls[-5:, 0].mean() < 0.2 * ls[:5, 0].mean()  # value loss
     np.testing.assert_allclose(ls[:, 2], 0.0, atol=1e-6)  # KL stays 0 with lr=0
+    assert_fits_one(val)
     # the critic-only fit regresses the same target
     v2, vl = TR.make_value_fit(cfg, steps=60, lr=3e-3)(
         jax.random.key(4), TR.value_init(p, cfg), p, p, data
     )
     vl = np.asarray(vl)
     assert vl[-5:].mean() < 0.2 * vl[:5].mean()
-    b = float(TR.beam_accuracy(p, v2, prompts, jax.random.key(5), cfg, beam=2, n_steps=4))
-    assert 0.0 <= b <= 1.0
-    # the chance level of the same search: ranked by a score blind to correctness
-    b0 = float(TR.beam_accuracy(p, None, prompts, jax.random.key(5), cfg, beam=2, n_steps=4))
-    assert 0.0 <= b0 <= 1.0
+    assert_fits_one(v2)
+
+    # beam search, guided by V and by the correctness-blind score: each output continues its own
+    # prompt, and the accuracy is the checker's mean over the outputs
+    static = ("mcfg", "beam", "max_steps", "chunk", "temperature")
+    beam_kw = dict(mcfg=cfg.model, beam=2, max_steps=4 + 2, chunk=64, temperature=1.0)
+    for value in (v2, None):
+        b = float(TR.beam_accuracy(p, value, prompts, jax.random.key(5), cfg, beam=2, n_steps=4))
+        toks = TR._jitted(TR._beam, cfg.fast_compile, static)(
+            p, value, prompts.tokens, prompts.prompt_len, jax.random.key(5), **beam_kw
+        )
+        toks, plen = np.asarray(toks), np.asarray(prompts.prompt_len)
+        for t, pt, pl in zip(toks, np.asarray(prompts.tokens), plen):
+            np.testing.assert_array_equal(t[:pl], pt[:pl])
+        want = np.mean([_checked_reward(t, pl, tcfg.modulus) for t, pl in zip(toks, plen)])
+        assert b == pytest.approx(want, abs=1e-6)
+
+    # the value ranking, from the same samples (same key): V of the state before the final token
     rank = TR.value_ranking(p, v2, prompts, jax.random.key(6), cfg, k=2)
-    assert abs(rank["corr_value_reward"]) <= 1.0 + 1e-6
-    assert rank["best_of_k_by_value"] <= rank["oracle_any_correct"]
-    assert rank["best_of_k_uninformative"] <= rank["oracle_any_correct"]
+    d, _ = TR.collect(p, prompts, jax.random.key(6), cfg, k=2, temperature=cfg.temperature)
+    r = np.array([_checked_reward(t, pl, tcfg.modulus) for t, pl in zip(d.tokens, d.prompt_len)])
+    length = np.asarray(d.length)
+    v_end = np.asarray(values(v2, d.tokens), np.float64)[np.arange(len(r)), length - 2]
+    np.testing.assert_allclose(rank["corr_value_reward"], np.corrcoef(v_end, r)[0, 1], atol=1e-4)
+    r2, v2_end = r.reshape(-1, 2), v_end.reshape(-1, 2)
+    np.testing.assert_allclose(rank["oracle_any_correct"], r2.max(1).mean())
+    np.testing.assert_allclose(rank["random_sample"], r.mean())
+    np.testing.assert_allclose(
+        rank["best_of_k_by_value"], r2[np.arange(len(r2)), v2_end.argmax(1)].mean()
+    )
 
 
 @pytest.mark.slow
