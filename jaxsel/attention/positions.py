@@ -47,9 +47,10 @@ def rope_frequencies(
     """
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {head_dim=}")
-    # float32 throughout, as Hugging Face computes it, so positions in the thousands match closely.
-    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-    inv = np.float32(1.0) / (np.float32(theta) ** exponent)
+    # Computed in float64 and rounded to float32 once, so every machine gets the same correctly
+    # rounded frequencies (NumPy's and torch's float32 `pow` are vectorised per CPU and can be 1-2
+    # ulp off, which made the frequencies differ between machines in the last bit).
+    inv = 1.0 / (float(theta) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     if scaling is None:
         return inv.astype(np.float32)
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -61,7 +62,7 @@ def rope_frequencies(
         factor = float(scaling["factor"])
         low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
         old_len = float(scaling["original_max_position_embeddings"])
-        wavelen = np.float32(2 * math.pi) / inv
+        wavelen = 2 * math.pi / inv
         # Long wavelengths (low frequency) are interpolated by `factor`, short ones kept; between
         # the two thresholds the frequency is a linear blend in old_len / wavelen.
         smooth = np.clip((old_len / wavelen - low) / (high - low), 0.0, 1.0)

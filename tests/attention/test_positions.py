@@ -30,38 +30,61 @@ def test_apply_rope_matches_complex_rotation():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 3, 16)).astype(np.float32)
     pos = np.array([0, 1, 7, 100, 2047])
+    inv = rope_frequencies(16, theta=500.0)
     got = np.asarray(jax.jit(lambda x, p: apply_rope(x, p, theta=500.0))(x, pos))
     for t in range(5):
-        np.testing.assert_allclose(got[t], ref.rope(x[t], pos[t], theta=500.0), atol=1e-4)
+        # Against the float64 rotation of the same float32 angle: only the sine/cosine and the
+        # final products may err (a few units of float32 roundoff, at any position).
+        want = ref.rope(x[t], pos[t], inv_freq=inv, f32_angle=True)
+        tol = ref.rope_tolerance(x[t], pos[t], inv, freq_err=None)
+        assert np.all(np.abs(got[t] - want) <= tol), (pos[t], np.max(np.abs(got[t] - want) / tol))
+        # Against the exact float64 angle of the exact frequencies: the float32 angle itself is
+        # off by up to 2 U32 |pos w| (frequency and product roundings), which dominates at
+        # position 2047 (up to 2.4e-4 radians).
+        want = ref.rope(x[t], pos[t], theta=500.0)
+        tol = ref.rope_tolerance(x[t], pos[t], inv, freq_err=ref.U32)
+        assert np.all(np.abs(got[t] - want) <= tol), (pos[t], np.max(np.abs(got[t] - want) / tol))
     # scalar position for [Hq, d]; batch prefix [B, T] for [B, T, H, d]
-    np.testing.assert_allclose(
-        np.asarray(apply_rope(x[0], 7)), ref.rope(x[0], 7), atol=1e-5, rtol=1e-5
-    )
+    inv10k = rope_frequencies(16)
+    want = ref.rope(x[0], 7, inv_freq=inv10k, f32_angle=True)
+    tol = ref.rope_tolerance(x[0], 7, inv10k, freq_err=None)
+    assert np.all(np.abs(np.asarray(apply_rope(x[0], 7)) - want) <= tol)
     xb = np.stack([x, x])
     pb = np.stack([pos, pos + 1])
     gb = np.asarray(apply_rope(xb, pb))
-    np.testing.assert_allclose(gb[1, 2], ref.rope(x[2], pos[2] + 1), atol=1e-4)
-    # relative property: <rope(q, m), rope(k, n)> depends on m - n only
+    want = ref.rope(x[2], pos[2] + 1, inv_freq=inv10k, f32_angle=True)
+    tol = ref.rope_tolerance(x[2], pos[2] + 1, inv10k, freq_err=None)
+    assert np.all(np.abs(gb[1, 2] - want) <= tol)
+    # relative property: <rope(q, m), rope(k, n)> depends on m - n only. Both dot products
+    # approximate the same exact value; each rotated vector is within its tolerance vector t of
+    # the exact one, so each dot is off by at most |t_q| |k| + |q| |t_k| (Cauchy-Schwarz).
     q, k = x[0, 0], x[1, 0]
+
+    def dot_bound(m, n):
+        tq = ref.rope_tolerance(q, m, inv10k, freq_err=ref.U32)
+        tk = ref.rope_tolerance(k, n, inv10k, freq_err=ref.U32)
+        return np.linalg.norm(tq) * np.linalg.norm(k) + np.linalg.norm(q) * np.linalg.norm(tk)
+
     a = np.dot(np.asarray(apply_rope(q, 50)), np.asarray(apply_rope(k, 40)))
     b = np.dot(np.asarray(apply_rope(q, 13)), np.asarray(apply_rope(k, 3)))
-    np.testing.assert_allclose(a, b, rtol=1e-4)
+    assert abs(a - b) <= dot_bound(50, 40) + dot_bound(13, 3), (a, b)
     with pytest.raises(ValueError, match="prefix"):
         apply_rope(x, np.arange(3))
 
 
 def test_rope_frequencies_linear_and_llama3_closed_form():
+    # Frequencies are the float64 values rounded once to float32: relative error <= U32.
     base = rope_frequencies(64, theta=10000.0)
-    np.testing.assert_allclose(base, 1.0 / 10000.0 ** (np.arange(0, 64, 2) / 64), rtol=1e-6)
+    np.testing.assert_allclose(base, 1.0 / 10000.0 ** (np.arange(0, 64, 2) / 64), rtol=ref.U32)
     lin = rope_frequencies(64, theta=10000.0, scaling={"type": "linear", "factor": 4.0})
-    np.testing.assert_allclose(lin, base / 4.0, rtol=1e-6)
+    np.testing.assert_allclose(lin, base / 4.0, rtol=ref.U32)
     l3 = rope_frequencies(128, theta=500000.0, scaling=LLAMA3)
     b3 = rope_frequencies(128, theta=500000.0)
     wavelen = 2 * np.pi / b3
     hi = wavelen < 8192 / 4.0  # short wavelengths kept
     lo = wavelen > 8192 / 1.0  # long ones divided by the factor
-    np.testing.assert_allclose(l3[hi], b3[hi], rtol=1e-6)
-    np.testing.assert_allclose(l3[lo], b3[lo] / 8.0, rtol=1e-6)
+    np.testing.assert_allclose(l3[hi], b3[hi], rtol=ref.U32)
+    np.testing.assert_allclose(l3[lo], b3[lo] / 8.0, rtol=ref.U32)
     mid = ~hi & ~lo
     assert mid.any() and np.all((l3[mid] < b3[mid]) & (l3[mid] > b3[mid] / 8.0))
     with pytest.raises(ValueError, match="unsupported rope scaling"):
@@ -83,7 +106,12 @@ def test_rope_matches_hugging_face(torch):
         rope_parameters={"rope_theta": 500000.0, **LLAMA3},
     )
     inv, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
-    np.testing.assert_allclose(rope_frequencies(64, theta=500000.0, scaling=LLAMA3), inv.numpy())
+    # Ours are the exact frequencies rounded once (error <= U32); HF forms them in float32: a
+    # vectorised pow (<= 2 ulp), a division, then the llama3 blend (about six roundings, each
+    # <= U32 relative to a value of the frequency's size). 16 U32 bounds the sum of both.
+    hf_freq_err = 16 * ref.U32
+    ours_inv = rope_frequencies(64, theta=500000.0, scaling=LLAMA3)
+    np.testing.assert_allclose(ours_inv, inv.numpy(), rtol=hf_freq_err)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(1, 2, 6, 64)).astype(np.float32)  # [B, H, T, d] (HF layout)
     pos = torch.tensor([[0, 5, 99, 1000, 5000, 12000]])
@@ -91,9 +119,14 @@ def test_rope_matches_hugging_face(torch):
     emb = torch.cat([freqs, freqs], dim=-1)
     qh, _ = apply_rotary_pos_emb(torch.tensor(x), torch.tensor(x), emb.cos(), emb.sin())
     ours = apply_rope(np.transpose(x[0], (1, 0, 2)), pos[0].numpy(), theta=500000.0, scaling=LLAMA3)
-    np.testing.assert_allclose(
-        np.transpose(np.asarray(ours), (1, 0, 2)), qh[0].numpy(), atol=2e-4, rtol=1e-4
-    )
+    ours = np.transpose(np.asarray(ours), (1, 0, 2))  # [H, T, d]
+    for t, p in enumerate(pos[0].tolist()):
+        # Both are within their bound of the exact rotation (torch's sine/cosine assumed no worse
+        # than TRIG_ERR), so they are within the sum of the two bounds of each other.
+        tol = ref.rope_tolerance(x[0, :, t], p, ours_inv, freq_err=ref.U32)
+        tol = tol + ref.rope_tolerance(x[0, :, t], p, ours_inv, freq_err=hf_freq_err)
+        err = np.abs(ours[:, t] - qh[0, :, t].numpy())
+        assert np.all(err <= tol), (p, float(np.max(err / tol)))
 
 
 def rotated_dense(q, k, v, kv_len, positions, q_pos):
