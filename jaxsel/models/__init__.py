@@ -3,6 +3,10 @@
 - :class:`DecoderConfig` (Llama 2/3, Qwen2, Mistral), :func:`init_params`, pure :func:`forward` /
   :func:`forward_chunk`, and the NNX wrapper :class:`Decoder` (``m(tokens) -> logits``).
 - :func:`load_hf_checkpoint`: local safetensors folder -> :class:`Decoder` (no network, no torch).
+- :func:`load_gguf`: a llama-architecture GGUF file (llama.cpp's format, quantized or not) ->
+  :class:`Decoder`; :class:`Tokenizer` (byte-level BPE + chat template from the same file);
+  :func:`fetch_model` / :func:`model_path` (``jaxsel fetch smollm2``: SmolLM2-135M-Instruct into the
+  user cache).
 - :func:`generate`: chunked prefill into a static :class:`KVCache`, jitted decode loop, greedy or
   top-p sampling, with an attention policy per call (:class:`Dense`, :class:`TokenSelect`,
   :class:`Streaming`; :func:`make_policy`).
@@ -11,9 +15,12 @@
 from jaxsel.models.cache import KVCache, init_cache
 from jaxsel.models.config import DecoderConfig, RopeScaling
 from jaxsel.models.decoder import Decoder, forward, forward_chunk, init_params
+from jaxsel.models.fetch import fetch_model, model_path
 from jaxsel.models.generate import generate, sample_token
+from jaxsel.models.gguf import load_gguf
 from jaxsel.models.hf import load_hf_checkpoint
 from jaxsel.models.policies import Dense, Streaming, TokenSelect, make_policy
+from jaxsel.models.tokenizer import Tokenizer
 
 __all__ = [
     "Decoder",
@@ -23,12 +30,16 @@ __all__ = [
     "RopeScaling",
     "Streaming",
     "TokenSelect",
+    "Tokenizer",
+    "fetch_model",
     "forward",
     "forward_chunk",
     "generate",
     "init_cache",
     "init_params",
+    "load_gguf",
     "load_hf_checkpoint",
     "make_policy",
+    "model_path",
     "sample_token",
 ]
