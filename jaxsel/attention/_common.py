@@ -68,6 +68,46 @@ def head_values(p: jax.Array, v: jax.Array, gqa_mapping: str) -> jax.Array:
     return o.reshape(hq, d)
 
 
+def group_queries(q: jax.Array, hkv: int, gqa_mapping: str) -> jax.Array:
+    """``q [C, Hq, d] -> [C, Hkv, G, d]`` so that ``[:, k, g]`` is a query head of KV head k."""
+    c, hq, d = q.shape
+    g = hq // hkv
+    if gqa_mapping == "group":
+        return q.reshape(c, hkv, g, d)
+    return q.reshape(c, g, hkv, d).swapaxes(1, 2)  # head h = i * Hkv + kv_head
+
+
+def ungroup_heads(o: jax.Array, gqa_mapping: str) -> jax.Array:
+    """Inverse of :func:`group_queries`: ``[C, Hkv, G, d] -> [C, Hq, d]``."""
+    c, hkv, g, d = o.shape
+    if gqa_mapping == "group":
+        return o.reshape(c, hkv * g, d)
+    return o.swapaxes(1, 2).reshape(c, hkv * g, d)
+
+
+def chunk_scores(q: jax.Array, k: jax.Array, gqa_mapping: str) -> jax.Array:
+    """``s[k, g, c, m] = q[c, head(k, g)] . k[m, k]`` in f32: ``q [C, Hq, d]``, ``k [M, Hkv, d]``.
+
+    One matrix product per KV head, ``[G*C, d] x [d, M]``, so a prefill chunk runs as GEMMs rather
+    than C matrix-vector products; the batch (KV head) axis leads both operands, the layout
+    XLA:CPU's dot runs fastest.
+    """
+    c, hq, d = q.shape
+    hkv = k.shape[1]
+    qg = group_queries(q.astype(compute_dtype(q, k)), hkv, gqa_mapping)
+    qg = qg.transpose(1, 2, 0, 3).reshape(hkv, (hq // hkv) * c, d)
+    s = jnp.einsum("kqd,kmd->kqm", qg, k.swapaxes(0, 1), preferred_element_type=jnp.float32)
+    return s.reshape(hkv, hq // hkv, c, k.shape[0])
+
+
+def chunk_values(p: jax.Array, v: jax.Array, gqa_mapping: str) -> jax.Array:
+    """``o[c, head(k, g)] = sum_m p[k, g, c, m] v[m, k]``: ``p [Hkv, G, C, M]`` -> ``[C, Hq, d]`` f32."""
+    hkv, g, c, m = p.shape
+    pc = p.astype(v.dtype).reshape(hkv, g * c, m)
+    o = jnp.einsum("kqm,kmd->kqd", pc, v.swapaxes(0, 1), preferred_element_type=jnp.float32)
+    return ungroup_heads(o.reshape(hkv, g, c, -1).transpose(2, 0, 1, 3), gqa_mapping)
+
+
 def masked_softmax(logits: jax.Array, mask: jax.Array | None, axis: int = -1) -> jax.Array:
     """Softmax over the entries where ``mask`` is true; 0 elsewhere; an all-masked row gives zeros.
 

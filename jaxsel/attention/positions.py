@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsel.attention import _checks
+from jaxsel.attention._common import compute_dtype, group_queries, ungroup_heads
 from jaxsel.attention.prefill import chunk_attention
 from jaxsel.attention.sparse import sparse_attention
 
@@ -249,3 +250,90 @@ def rope_prefill_attention(
         gqa_mapping=gqa_mapping,
         adaptive_temperature=adaptive_temperature,
     )
+
+
+def rope_causal_attention(
+    q_chunk: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    start: jax.Array | int,
+    *,
+    theta: float = 10000.0,
+    scaling: Mapping[str, Any] | None = None,
+    scale: float | None = None,
+    gqa_mapping: str = "group",
+    block_kv: int = 512,
+) -> jax.Array:
+    """Dense causal attention of C new queries over a cache of unrotated keys, block by block.
+
+    Query i of the chunk sits at position ``start + i`` and attends to the cached tokens
+    ``0 .. start + i`` (the chunk already written at ``start ..``), all at their original RoPE
+    positions:
+
+        o_i = sum_{j <= start + i} softmax_j(scale * R(start + i) q_i . R(j) k_j) v_j.
+
+    The keys are visited in blocks of ``block_kv`` with an online softmax (running max and sum,
+    Milakov & Gimelshein 2018; the flash-attention recurrence), and only the blocks that hold live
+    tokens are visited (a loop of ``ceil((start + C) / block_kv)`` trips, ``start`` traced), so the
+    cost is that of causal attention over the live prefix, not over the cache's static length.
+    Each block's keys are rotated as they are read.
+
+    Args:
+      q_chunk: ``[C, Hq, d]`` unrotated queries.
+      k, v: ``[N, Hkv, d]`` cache (keys without RoPE) holding at least ``start + C`` tokens.
+      start: number of tokens before the chunk (traced or static).
+      theta, scaling: RoPE (see :func:`rope_frequencies`).
+      scale: logit scale, ``None`` for ``1/sqrt(d)``.
+      block_kv: keys per block (static; capped at N).
+
+    Returns:
+      ``[C, Hq, d]`` float32.
+    """
+    _checks.check_qk(q_chunk, k, q_name="q_chunk", q_layout="[C, Hq, d]")
+    _checks.check_kv(k, v)
+    _checks.check_gqa_mapping(gqa_mapping)
+    _checks.check_positive_int(block_kv, "block_kv")
+    c, hq, d = q_chunk.shape
+    n, hkv, _ = k.shape
+    if c > n:
+        raise ValueError(f"q_chunk has C={c} queries, more than the cache holds (N={n})")
+    g = hq // hkv
+    bk = min(block_kv, n)
+    scale = _checks.resolve_scale(scale, d)
+    start = jnp.asarray(start, jnp.int32)
+    q_pos = start + jnp.arange(c, dtype=jnp.int32)
+    rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling)
+    qr = (rot(q_chunk, q_pos).astype(jnp.float32) * scale).astype(compute_dtype(q_chunk, k))
+    qg = group_queries(qr, hkv, gqa_mapping).transpose(1, 2, 0, 3).reshape(hkv, g * c, d)
+    q_pos_rows = jnp.tile(q_pos, g)  # row r = (head g, query c) of qg
+    lo = jnp.finfo(jnp.float32).min
+
+    def block(j, carry):
+        m, l, acc = carry
+        # The last block is shifted back to fit the cache; tokens an earlier block already
+        # covered are masked out of it.
+        b0 = jnp.minimum(j * bk, n - bk)
+        k_pos = b0 + jnp.arange(bk, dtype=jnp.int32)
+        kb = rot(jax.lax.dynamic_slice_in_dim(k, b0, bk, axis=0), k_pos)
+        vb = jax.lax.dynamic_slice_in_dim(v, b0, bk, axis=0)
+        s = jnp.einsum("kqd,kmd->kqm", qg, kb.swapaxes(0, 1), preferred_element_type=jnp.float32)
+        live = (k_pos[None, :] >= j * bk) & (k_pos[None, :] <= q_pos_rows[:, None])
+        s = jnp.where(live[None], s, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        p = jnp.exp(s - m_new[..., None])
+        corr = jnp.exp(m - m_new)
+        l = l * corr + jnp.sum(p, axis=-1)
+        pv = jnp.einsum(
+            "kqm,kmd->kqd", p.astype(v.dtype), vb.swapaxes(0, 1), preferred_element_type=jnp.float32
+        )
+        return m_new, l, acc * corr[..., None] + pv
+
+    init = (
+        jnp.full((hkv, g * c), lo, jnp.float32),
+        jnp.zeros((hkv, g * c), jnp.float32),
+        jnp.zeros((hkv, g * c, d), jnp.float32),
+    )
+    n_blocks = (start + c + bk - 1) // bk
+    _, l, acc = jax.lax.fori_loop(0, n_blocks, block, init)
+    o = (acc / l[..., None]).reshape(hkv, g, c, d).transpose(2, 0, 1, 3)
+    return ungroup_heads(o, gqa_mapping)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsel.attention import _checks
-from jaxsel.attention._common import head_scores, head_values
+from jaxsel.attention._common import chunk_scores, chunk_values
 from jaxsel.attention.select import select_tokens
 from jaxsel.attention.sparse import attention_probs
 
@@ -121,14 +121,11 @@ def chunk_attention(
         axis=1,
     )  # [C, B + C]
 
-    def one(q, m):
-        s = head_scores(q, kk, gqa_mapping) * scale
-        p = attention_probs(
-            s, jnp.broadcast_to(m, s.shape), adaptive_temperature=adaptive_temperature
-        )
-        return head_values(p, vv, gqa_mapping)
-
-    o = jax.vmap(one)(q_chunk, mask)
+    s = chunk_scores(q_chunk, kk, gqa_mapping) * scale  # [Hkv, G, C, B + C]
+    p = attention_probs(
+        s, jnp.broadcast_to(mask, s.shape), adaptive_temperature=adaptive_temperature
+    )
+    o = chunk_values(p, vv, gqa_mapping)
     return o.astype(jnp.result_type(q_chunk.dtype, v_chunk.dtype))
 
 

@@ -14,7 +14,8 @@ per step.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -120,6 +121,19 @@ def _select_states(policy: pol.Policy, config: DecoderConfig, batch: int) -> Any
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape)), one)
 
 
+class DecodeState(NamedTuple):
+    """Everything a decode step carries (batch first): the cache, each sequence's next position
+    and current token, whether it has ended, the Selection Cache states and hit counts."""
+
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+    token: jax.Array
+    done: jax.Array
+    select_states: Any
+    hits: jax.Array
+
+
 @functools.partial(
     jax.jit,
     static_argnames=(
@@ -128,39 +142,25 @@ def _select_states(policy: pol.Policy, config: DecoderConfig, batch: int) -> Any
         "cache_len",
         "chunk",
         "n_prefill",
-        "max_new_tokens",
-        "temperature",
-        "top_p",
-        "eos_id",
-        "pad_id",
         "cache_dtype",
         "cache_sharding",
     ),
 )
-def generate_jit(
+def prefill_jit(
     params: Params,
     tokens: jax.Array,
     lengths: jax.Array,
-    key: jax.Array,
     *,
     config: DecoderConfig,
     policy: pol.Policy,
     cache_len: int,
     chunk: int,
     n_prefill: int,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    eos_id: int | None = None,
-    pad_id: int = 0,
     cache_dtype: Any = None,
     cache_sharding: Any = None,
-) -> tuple[jax.Array, jax.Array]:
-    """The whole generation under one ``jit``: prefill, then ``max_new_tokens`` decode steps.
-
-    Returns ``(new_tokens [B, max_new_tokens] int32, hit_rate [B] float32)``; ``hit_rate`` is the
-    share of (step, layer) pairs served from the Selection Cache (0 without one).
-    """
+) -> DecodeState:
+    """Prefill under one ``jit``: every prompt token but each sequence's last goes into a fresh
+    cache; the returned state feeds that last token to the first decode step."""
     B = tokens.shape[0]
     dtype = cache_dtype or params["embed"].dtype
     cache = init_cache(config, B, cache_len, dtype=dtype)
@@ -174,12 +174,55 @@ def generate_jit(
     cache = prefill(
         params, config, tokens, lengths - 1, cache, n_tokens=n_prefill, chunk=chunk, policy=policy
     )
-    states = _select_states(policy, config, B)
     last = jnp.take_along_axis(tokens, (lengths - 1)[:, None], axis=1)[:, 0]
+    return DecodeState(
+        cache.k,
+        cache.v,
+        lengths - 1,
+        last,
+        jnp.zeros((B,), bool),
+        _select_states(policy, config, B),
+        jnp.zeros((B,), jnp.float32),
+    )
 
-    def step(carry, key_t):
-        ck, cv, pos, cur, done, states, hits = carry
 
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "config",
+        "policy",
+        "n_steps",
+        "temperature",
+        "top_p",
+        "eos_id",
+        "pad_id",
+        "cache_sharding",
+    ),
+    donate_argnames=("state",),
+)
+def decode_jit(
+    params: Params,
+    state: DecodeState,
+    key: jax.Array,
+    *,
+    config: DecoderConfig,
+    policy: pol.Policy,
+    n_steps: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    cache_sharding: Any = None,
+) -> tuple[jax.Array, DecodeState]:
+    """``n_steps`` decode steps under one ``jit`` (``lax.scan``); the state is donated, so a
+    caller that decodes in pieces (streaming) updates the cache in place.
+
+    Returns ``(new_tokens [B, n_steps] int32, state)``; ``state.hits`` counts the (step, layer)
+    pairs served from the Selection Cache so far.
+    """
+    B = state.token.shape[0]
+
+    def step(st, key_t):
         def one(ck_b, cv_b, t_b, p_b, s_b):
             logits, ck_b, cv_b, s_b = forward_chunk(
                 params,
@@ -193,7 +236,7 @@ def generate_jit(
             )
             return logits[0], ck_b, cv_b, s_b
 
-        logits, ck, cv, states = jax.vmap(one)(ck, cv, cur, pos, states)
+        logits, ck, cv, states = jax.vmap(one)(st.k, st.v, st.token, st.pos, st.select_states)
         if cache_sharding is not None:
             ck = jax.lax.with_sharding_constraint(ck, cache_sharding)
             cv = jax.lax.with_sharding_constraint(cv, cache_sharding)
@@ -201,17 +244,96 @@ def generate_jit(
         nxt = jax.vmap(lambda lg, k: sample_token(lg, k, temperature=temperature, top_p=top_p))(
             logits, keys
         )
+        hits = st.hits
         if states is not None:
             hits = sum(s.hits for s in states if s is not None).astype(jnp.float32)
-        nxt = jnp.where(done, pad_id, nxt)
-        if eos_id is not None:
-            done = done | (nxt == eos_id)
-        return (ck, cv, pos + 1, nxt, done, states, hits), nxt
+        nxt = jnp.where(st.done, pad_id, nxt)
+        done = st.done | (nxt == eos_id) if eos_id is not None else st.done
+        return DecodeState(ck, cv, st.pos + 1, nxt, done, states, hits), nxt
 
-    init = (cache.k, cache.v, lengths - 1, last, jnp.zeros((B,), bool), states, jnp.zeros((B,)))
-    (_, _, _, _, _, _, hits), out = jax.lax.scan(step, init, jax.random.split(key, max_new_tokens))
-    n_cached = 0 if states is None else sum(s is not None for s in states)
-    return out.T, hits / max(max_new_tokens * n_cached, 1)
+    state, out = jax.lax.scan(step, state, jax.random.split(key, n_steps))
+    return out.T, state
+
+
+def n_cached_layers(policy: pol.Policy, config: DecoderConfig) -> int:
+    """How many layers keep a Selection Cache under ``policy`` (the hit rate's denominator)."""
+    if not isinstance(policy, pol.TokenSelect) or policy.cache_threshold is None:
+        return 0
+    return sum(i not in policy.dense_layers for i in range(config.num_layers))
+
+
+def start_generation(
+    params: Params,
+    config: DecoderConfig,
+    prompts: Any,
+    *,
+    max_new_tokens: int,
+    cache_len: int | None = None,
+    policy: str | pol.Policy = "dense",
+    policy_options: dict[str, Any] | None = None,
+    lengths: Any = None,
+    prefill_chunk: int = 512,
+    pad_id: int = 0,
+    cache_sharding: Any = None,
+) -> tuple[pol.Policy, DecodeState]:
+    """Checks the arguments and prefills the prompts: ``(policy, state)`` for :func:`decode_jit`.
+
+    Arguments as :func:`generate`. The cache holds ``max(lengths) + max_new_tokens`` tokens
+    unless ``cache_len`` says more.
+    """
+    policy, args, static = prefill_arguments(
+        prompts,
+        max_new_tokens=max_new_tokens,
+        cache_len=cache_len,
+        policy=policy,
+        policy_options=policy_options,
+        lengths=lengths,
+        prefill_chunk=prefill_chunk,
+        pad_id=pad_id,
+    )
+    return policy, prefill_jit(
+        params, *args, config=config, cache_sharding=cache_sharding, **static
+    )
+
+
+def prefill_arguments(
+    prompts: Any,
+    *,
+    max_new_tokens: int,
+    cache_len: int | None = None,
+    policy: str | pol.Policy = "dense",
+    policy_options: dict[str, Any] | None = None,
+    lengths: Any = None,
+    prefill_chunk: int = 512,
+    pad_id: int = 0,
+) -> tuple[pol.Policy, tuple[jax.Array, jax.Array], dict[str, Any]]:
+    """The checked arguments of :func:`prefill_jit`: ``(policy, (tokens, lengths), static)``
+    (benchmarks compile it ahead of time with them)."""
+    policy = pol.make_policy(policy, **(policy_options or {}))
+    tokens, lens = _pad_prompts(prompts, lengths, pad_id)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    need = int(lens.max()) + max_new_tokens
+    cache_len = need if cache_len is None else int(cache_len)
+    if need > cache_len:
+        raise ValueError(
+            f"prompt of {int(lens.max())} tokens + max_new_tokens={max_new_tokens} = {need} does "
+            f"not fit cache_len={cache_len}; raise cache_len (nothing is truncated)"
+        )
+    if prefill_chunk < 1:
+        raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+    n_prefill = int(lens.max()) - 1
+    chunk = min(prefill_chunk, max(n_prefill, 1))
+    # Round the prefill up to whole chunks when the cache has room: the extra slots hold padding
+    # that decode overwrites, and one chunk shape means one compiled body instead of two.
+    rounded = -(-n_prefill // chunk) * chunk
+    if rounded > n_prefill and rounded < cache_len:
+        tokens = np.pad(
+            tokens, ((0, 0), (0, max(0, rounded - tokens.shape[1]))), constant_values=pad_id
+        )
+        n_prefill = rounded
+    static = dict(policy=policy, cache_len=cache_len, chunk=chunk, n_prefill=n_prefill)
+    return policy, (jnp.asarray(tokens), jnp.asarray(lens)), static
 
 
 def generate(
@@ -224,7 +346,7 @@ def generate(
     policy: str | pol.Policy = "dense",
     policy_options: dict[str, Any] | None = None,
     lengths: Any = None,
-    prefill_chunk: int = 256,
+    prefill_chunk: int = 512,
     temperature: float = 0.0,
     top_p: float = 1.0,
     key: jax.Array | None = None,
@@ -241,7 +363,8 @@ def generate(
       max_new_tokens: number of tokens to generate (static).
       cache_len: static cache length; default ``max(lengths) + max_new_tokens``.
       policy: ``"dense"``, ``"tokenselect"``, ``"streaming"`` or a policy object;
-        ``policy_options`` are forwarded to :func:`jaxsel.models.policies.make_policy`.
+        ``policy_options`` are forwarded to :func:`jaxsel.models.policies.make_policy`. A sparse
+        policy whose budget covers the cache attends densely (exactly dense attention).
       prefill_chunk: prefill chunk size (static).
       temperature, top_p: sampling (``temperature=0``: greedy); ``key`` required when sampling.
       eos_id: after it, a sequence emits ``pad_id``.
@@ -254,49 +377,31 @@ def generate(
       ``[B, max_new_tokens]`` int32 NumPy array (and ``[B]`` hit rates if asked).
 
     Raises:
-      ValueError: a prompt plus ``max_new_tokens`` longer than the cache, an unknown policy, a
-        sparse budget larger than the cache, or sampling without a key.
+      ValueError: a prompt plus ``max_new_tokens`` longer than the cache, an unknown policy, or
+        sampling without a key.
     """
-    policy = pol.make_policy(policy, **(policy_options or {}))
-    tokens, lens = _pad_prompts(prompts, lengths, pad_id)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    need = int(lens.max()) + max_new_tokens
-    cache_len = need if cache_len is None else int(cache_len)
-    if need > cache_len:
-        raise ValueError(
-            f"prompt of {int(lens.max())} tokens + max_new_tokens={max_new_tokens} = {need} does "
-            f"not fit cache_len={cache_len}; raise cache_len (nothing is truncated)"
-        )
-    budget = getattr(policy, "budget", 0)
-    if budget > cache_len:
-        raise ValueError(f"policy budget {budget} exceeds cache_len={cache_len}")
-    if prefill_chunk < 1:
-        raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
     if temperature > 0 and key is None:
         raise ValueError("sampling (temperature > 0) needs an explicit key")
-    key = jax.random.key(0) if key is None else key
-    n_prefill = int(lens.max()) - 1
-    chunk = min(prefill_chunk, max(n_prefill, 1))
-    # Round the prefill up to whole chunks when the cache has room: the extra slots hold padding
-    # that decode overwrites, and one chunk shape means one compiled body instead of two.
-    rounded = -(-n_prefill // chunk) * chunk
-    if rounded > n_prefill and rounded < cache_len:
-        tokens = np.pad(
-            tokens, ((0, 0), (0, max(0, rounded - tokens.shape[1]))), constant_values=pad_id
-        )
-        n_prefill = rounded
-    out, hits = generate_jit(
+    policy, state = start_generation(
         params,
-        jnp.asarray(tokens),
-        jnp.asarray(lens),
-        key,
+        config,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        cache_len=cache_len,
+        policy=policy,
+        policy_options=policy_options,
+        lengths=lengths,
+        prefill_chunk=prefill_chunk,
+        pad_id=pad_id,
+        cache_sharding=cache_sharding,
+    )
+    out, state = decode_jit(
+        params,
+        state,
+        jax.random.key(0) if key is None else key,
         config=config,
         policy=policy,
-        cache_len=cache_len,
-        chunk=chunk,
-        n_prefill=n_prefill,
-        max_new_tokens=int(max_new_tokens),
+        n_steps=int(max_new_tokens),
         temperature=float(temperature),
         top_p=float(top_p),
         eos_id=eos_id,
@@ -304,4 +409,90 @@ def generate(
         cache_sharding=cache_sharding,
     )
     out = np.asarray(out)
-    return (out, np.asarray(hits)) if return_hit_rate else out
+    if not return_hit_rate:
+        return out
+    hits = np.asarray(state.hits) / max(max_new_tokens * n_cached_layers(policy, config), 1)
+    return out, hits
+
+
+def stream_generate(
+    params: Params,
+    config: DecoderConfig,
+    prompt: Any,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    key: jax.Array | None = None,
+    **options: Any,
+) -> Iterator[int]:
+    """Yields the tokens of ONE prompt (a 1-D token sequence) as they are decoded, one jitted
+    step at a time (compiled once), until ``eos_id`` (not yielded) or ``max_new_tokens``.
+
+    ``options`` are :func:`start_generation`'s (``policy``, ``policy_options``, ``cache_len``,
+    ``prefill_chunk``). The prefill runs before the first token is yielded.
+    """
+    if temperature > 0 and key is None:
+        raise ValueError("sampling (temperature > 0) needs an explicit key")
+    key = jax.random.key(0) if key is None else key
+    policy, state = start_generation(
+        params, config, [np.asarray(prompt)], max_new_tokens=max_new_tokens, **options
+    )
+    for t in range(max_new_tokens):
+        tok, state = decode_jit(
+            params,
+            state,
+            jax.random.fold_in(key, t),
+            config=config,
+            policy=policy,
+            n_steps=1,
+            temperature=float(temperature),
+            top_p=float(top_p),
+        )
+        tok = int(tok[0, 0])
+        if eos_id is not None and tok == eos_id:
+            return
+        yield tok
+
+
+@functools.partial(jax.jit, static_argnames=("config", "policy", "chunk"))
+def sequence_nll(
+    params: Params,
+    tokens: jax.Array,
+    *,
+    config: DecoderConfig,
+    policy: pol.Policy,
+    chunk: int = 512,
+) -> jax.Array:
+    """Negative log-likelihood of every next token of ONE sequence under an attention policy.
+
+    The sequence ``tokens [T]`` (T a multiple of ``chunk``) is run chunk by chunk exactly as a
+    prefill (a sparse policy selects once per chunk with the chunk's mean query), and each chunk's
+    logits are reduced to NLLs inside the scan, so no ``[T, V]`` array is ever held:
+    ``nll[t] = -log softmax(logits[t])[tokens[t + 1]]`` for ``t < T - 1``.
+
+    Returns:
+      ``[T - 1]`` float32; ``exp(mean(nll))`` is the perplexity.
+    """
+    T = tokens.shape[0]
+    if T % chunk:
+        raise ValueError(f"sequence length {T} must be a multiple of chunk={chunk}")
+    n_chunks = T // chunk
+    shape = (config.num_layers, T, config.num_kv_heads, config.head_dim)
+    dtype = params["embed"].dtype
+    nxt = jnp.concatenate([tokens[1:], tokens[-1:]])
+
+    def body(carry, i):
+        ck, cv = carry
+        toks = jax.lax.dynamic_slice_in_dim(tokens, i * chunk, chunk)
+        target = jax.lax.dynamic_slice_in_dim(nxt, i * chunk, chunk)
+        logits, ck, cv, _ = forward_chunk(
+            params, toks, ck, cv, i * chunk, config=config, policy=policy
+        )
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return (ck, cv), -jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
+
+    init = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    _, nll = jax.lax.scan(body, init, jnp.arange(n_chunks, dtype=jnp.int32))
+    return nll.reshape(T)[:-1]

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from jaxsel.models.config import DecoderConfig
 
 POSITION_MODES = ("compact", "original")
+# Keys per block of dense causal attention (:func:`jaxsel.attention.rope_causal_attention`).
+DENSE_BLOCK_KV = 512
 IMPLEMENTATIONS = ("xla", "pallas")
 
 
@@ -248,7 +250,22 @@ def attend(
     C = q.shape[0]
     N = cache_k.shape[0]
     adaptive = policy.adaptive_temperature
-    if isinstance(policy, Dense) or layer in policy.dense_layers:
+    # A budget that covers the whole cache keeps every token: attend densely, as the paper does
+    # whenever n_sink + top_k + n_local >= n (and exactly so: compact positions are then the
+    # original ones).
+    dense = isinstance(policy, Dense) or layer in policy.dense_layers or policy.budget >= N
+    if dense and not adaptive:
+        o = A.rope_causal_attention(
+            q,
+            cache_k,
+            cache_v,
+            start,
+            theta=config.rope_theta,
+            scaling=config.rope_scaling_dict(),
+            block_kv=DENSE_BLOCK_KV,
+        )
+        return o, select_state
+    if dense:
         q_pos = start + jnp.arange(C, dtype=jnp.int32)
         k_pos = jnp.arange(N, dtype=jnp.int32)
         mask = k_pos[None, :] <= q_pos[:, None]
@@ -275,23 +292,39 @@ def attend(
         )
         return o[None].astype(jnp.float32), select_state
     chunk_len = None if limit is None else jnp.clip(limit - start, 1, C)
-    idx, valid, _ = _select(policy, sq, cache_k, start, None, chunk_len=chunk_len)
-    k_chunk = jax.lax.dynamic_slice_in_dim(cache_k, start, C, axis=0)
-    v_chunk = jax.lax.dynamic_slice_in_dim(cache_v, start, C, axis=0)
-    o = A.rope_prefill_attention(
-        q,
-        k_chunk,
-        v_chunk,
-        cache_k,
-        cache_v,
-        idx,
-        valid,
-        start,
-        position_mode=mode,
-        adaptive_temperature=adaptive,
-        **rope_kw,
-    )
-    return o.astype(jnp.float32), select_state
+
+    def sparse_chunk():
+        idx, valid, _ = _select(policy, sq, cache_k, start, None, chunk_len=chunk_len)
+        k_chunk = jax.lax.dynamic_slice_in_dim(cache_k, start, C, axis=0)
+        v_chunk = jax.lax.dynamic_slice_in_dim(cache_v, start, C, axis=0)
+        o = A.rope_prefill_attention(
+            q,
+            k_chunk,
+            v_chunk,
+            cache_k,
+            cache_v,
+            idx,
+            valid,
+            start,
+            position_mode=mode,
+            adaptive_temperature=adaptive,
+            **rope_kw,
+        )
+        return o.astype(jnp.float32)
+
+    if adaptive:
+        return sparse_chunk(), select_state
+
+    def dense_chunk():
+        return A.rope_causal_attention(
+            q, cache_k, cache_v, start, block_kv=DENSE_BLOCK_KV, **rope_kw
+        )
+
+    # While the past fits the budget the selection keeps all of it, which is dense causal
+    # attention: take the cheaper blocked path (the same values) instead of a padded gather.
+    if isinstance(start, int):
+        return (dense_chunk() if start <= policy.budget else sparse_chunk()), select_state
+    return jax.lax.cond(start <= policy.budget, dense_chunk, sparse_chunk), select_state
 
 
 def init_select_state(policy: TokenSelect, config: DecoderConfig) -> Any:
