@@ -19,35 +19,19 @@ def compute_dtype(q: jax.Array, k: jax.Array) -> jnp.dtype:
     return jnp.dtype(k.dtype)
 
 
-def head_scores(
-    q: jax.Array, k: jax.Array, gqa_mapping: str, *, impl: str | None = None
-) -> jax.Array:
+def head_scores(q: jax.Array, k: jax.Array, gqa_mapping: str) -> jax.Array:
     """``s[h, j] = q[h] . k[j, g(h)]`` in f32: ``q [Hq, d]``, ``k [M, Hkv, d]`` -> ``[Hq, M]``.
 
-    Each KV head is read once for all the query heads mapped to it (no repeated K in memory).
-    ``impl``: ``"einsum"`` (a batched dot; accelerators) or ``"multiply_reduce"`` (CPU); ``None``
-    picks by backend. Both give the same values up to f32 summation order.
+    Each KV head is read once for all the query heads mapped to it (no repeated K in memory), as
+    one batched dot in the cache's dtype with f32 accumulation. (A fused multiply-reduce
+    formulation used on CPU before gave wrong scores under ``jit(vmap)`` over a batch of one on
+    XLA:CPU with jax 0.10.2 -- errors of order 40 at Hq=9, Hkv=3 -- and was no faster than this dot;
+    ``tests/attention/test_select.py`` keeps the batch-of-one case.)
     """
-    if impl is None:
-        impl = "multiply_reduce" if jax.default_backend() == "cpu" else "einsum"
     hq, d = q.shape
     m, hkv, _ = k.shape
     g = hq // hkv
     qc = q.astype(compute_dtype(q, k))
-    if impl == "multiply_reduce":
-        # XLA:CPU lowers this GEMV-shaped dot by first transposing the whole cache to put Hkv in
-        # front (a full extra pass, ~4x slower measured at N=16K, bf16); a fused multiply-reduce
-        # over d reads each key once, converting bf16 -> f32 in registers.
-        qh = (
-            qc.reshape(hkv, g, d)
-            if gqa_mapping == "group"
-            else qc.reshape(g, hkv, d).swapaxes(0, 1)
-        )
-        s = jnp.sum(k[:, :, None, :].astype(jnp.float32) * qh[None].astype(jnp.float32), axis=-1)
-        s = jnp.transpose(s, (1, 2, 0))  # [Hkv, G, M]
-        if gqa_mapping == "modulo":
-            s = s.swapaxes(0, 1)
-        return s.reshape(hq, m)
     if gqa_mapping == "group":
         s = jnp.einsum("kgd,nkd->kgn", qc.reshape(hkv, g, d), k, preferred_element_type=jnp.float32)
     else:  # head h = i * Hkv + kv_head

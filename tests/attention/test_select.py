@@ -225,12 +225,21 @@ def test_middle_candidates():
 
 
 @pytest.mark.parametrize("mapping", ["group", "modulo"])
-def test_score_formulations_agree(mapping):
+def test_scores_and_selection_under_jit_vmap_of_a_batch_of_one(mapping):
+    # Regression: a multiply-reduce formulation of the scores came out wrong (errors ~40) under
+    # jit(vmap) over a batch of ONE on XLA:CPU, the batch a single-prompt decode runs.
     from jaxsel.attention._common import head_scores
 
-    q, k, _ = make(12, 40, 8, 2, 16)
-    a = head_scores(jnp.asarray(q), jnp.asarray(k), mapping, impl="einsum")
-    b = head_scores(jnp.asarray(q), jnp.asarray(k), mapping, impl="multiply_reduce")
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-    want = ref.scores(q, k, 40, 1.0, mapping)
-    np.testing.assert_allclose(np.asarray(a), want, rtol=1e-5, atol=1e-5)
+    q, k, _ = make(12, 300, 9, 3, 64)
+    want = ref.scores(q, k, 300, 1.0, mapping)
+    f = lambda q, k: head_scores(q, k, mapping)
+    got = jax.jit(jax.vmap(f))(jnp.asarray(q)[None], jnp.asarray(k)[None])[0]
+    # An f32 dot of length d = 64 (inputs exact in f32) is within d u sum_d |q_d k_d| of the exact
+    # value (Higham's bound for recursive or blocked summation).
+    bound = 64 * 2.0**-24 * ref.scores(np.abs(q), np.abs(k), 300, 1.0, mapping)
+    assert np.all(np.abs(np.asarray(got) - want) <= bound)
+    kw = dict(top_k=200, n_sink=4, n_local=40)
+    sel = lambda q, k, n: select_tokens(q, k, n, gqa_mapping=mapping, **kw)
+    one = jax.jit(sel)(jnp.asarray(q), jnp.asarray(k), jnp.int32(290))
+    batched = jax.jit(jax.vmap(sel))(jnp.asarray(q)[None], jnp.asarray(k)[None], jnp.int32([290]))
+    np.testing.assert_array_equal(np.asarray(batched[0][0]), np.asarray(one[0]))
