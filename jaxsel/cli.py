@@ -1,4 +1,4 @@
-"""The ``jaxsel`` command: ``jaxsel demo`` (the main job), ``jaxsel info`` and ``jaxsel fetch``.
+"""The ``jaxsel`` command: ``demo`` (the main job), ``generate``, ``fetch`` and ``info``.
 
 Thin by design: parse arguments, call the library, print.
 """
@@ -19,9 +19,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from jaxsel.demo import run_demo
+    from jaxsel.demo import run_demo, run_toy_demo
 
-    return run_demo(quick=args.quick, out_dir=args.out)
+    if args.toy or args.quick:
+        return run_toy_demo(quick=args.quick, out_dir=args.out)
+    return run_demo(out_dir=args.out, length=args.length)
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -36,12 +38,54 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from jaxsel.models import text
+
+    try:
+        decoder, tokenizer = text.load_pretrained(args.model)
+    except FileNotFoundError as e:
+        print(f"jaxsel generate: {e}", file=sys.stderr)
+        return 1
+    if args.chat:
+        ids = text.chat_prompt(tokenizer, args.prompt)
+    else:
+        ids = tokenizer.encode(args.prompt)
+    options = {"n_sink": 128, "top_k": 2048, "n_local": 512} if args.policy == "tokenselect" else {}
+    if args.policy == "streaming":
+        options = {"n_sink": 128, "n_local": 2560}
+    stats = text.StreamStats()
+    for piece in text.stream_text(
+        decoder,
+        tokenizer,
+        ids,
+        max_new_tokens=args.max_new_tokens,
+        policy=args.policy,
+        policy_options=options,
+        stats=stats,
+    ):
+        print(piece, end="", flush=True)
+    print(
+        f"\n[{args.policy}] prefill {stats.prompt_tokens} tokens in {stats.prefill_s:.2f} s "
+        f"({stats.prefill_tok_s:.1f} tok/s, compilation included); decode {stats.new_tokens} "
+        f"tokens: first step {stats.first_step_s:.2f} s (compiles), then "
+        f"{stats.decode_tok_s:.2f} tok/s",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxsel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the main demo (TokenSelect on a long context)")
-    demo.add_argument("--quick", action="store_true", help="smallest sizes (seconds, for tests)")
+    demo = sub.add_parser(
+        "demo", help="run the main demo (a real LLM; TokenSelect on a long prompt)"
+    )
+    demo.add_argument(
+        "--toy", action="store_true", help="the tiny shipped retrieval model instead of SmolLM2"
+    )
+    demo.add_argument("--quick", action="store_true", help="the toy demo at its smallest sizes")
+    demo.add_argument("--length", type=int, default=12288, help="passkey prompt tokens")
     demo.add_argument("--out", default="results/demo", help="folder for the demo's JSON and PNG")
     demo.set_defaults(func=_cmd_demo)
 
@@ -53,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("model", help="which model: smollm2 (SmolLM2-135M-Instruct, GGUF Q4_1)")
     fetch.set_defaults(func=_cmd_fetch)
+
+    gen = sub.add_parser("generate", help="complete a prompt with a fetched model, streamed")
+    gen.add_argument("prompt", help="the prompt text")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    gen.add_argument("--policy", choices=("dense", "tokenselect", "streaming"), default="dense")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--model", default="smollm2", help="a fetched model (jaxsel fetch NAME)")
+    gen.set_defaults(func=_cmd_generate)
     return parser
 
 

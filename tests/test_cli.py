@@ -38,3 +38,23 @@ def test_console_entry_point_runs_as_module():
     )
     assert proc.returncode == 0
     assert "demo" in proc.stdout
+
+
+def test_generate_without_the_model_names_the_fetch_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cli.main(["generate", "hello", "--max-new-tokens", "2"]) == 1
+    assert "jaxsel fetch smollm2" in capsys.readouterr().err
+
+
+def test_generate_streams_the_chat_answer(capsys):
+    from jaxsel.models import fetch
+
+    try:
+        fetch.model_path("smollm2")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    argv = ["generate", "What is the capital of France?", "--chat", "--max-new-tokens", "12"]
+    assert cli.main([*argv, "--policy", "tokenselect"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "The capital of France is Paris."
+    assert "prefill" in out.err and "tok/s" in out.err

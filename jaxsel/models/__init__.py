@@ -9,17 +9,26 @@
   user cache).
 - :func:`generate`: chunked prefill into a static :class:`KVCache`, jitted decode loop, greedy or
   top-p sampling, with an attention policy per call (:class:`Dense`, :class:`TokenSelect`,
-  :class:`Streaming`; :func:`make_policy`).
+  :class:`Streaming`; :func:`make_policy`); :func:`start_generation` + ``decode_jit`` for decoding
+  in pieces, :func:`stream_generate` (token ids) and :func:`stream_text` (text, with
+  :func:`load_pretrained` and :func:`chat_prompt`); :func:`sequence_nll` for perplexity.
 """
 
 from jaxsel.models.cache import KVCache, init_cache
 from jaxsel.models.config import DecoderConfig, RopeScaling
 from jaxsel.models.decoder import Decoder, forward, forward_chunk, init_params
 from jaxsel.models.fetch import fetch_model, model_path
-from jaxsel.models.generate import generate, sample_token
+from jaxsel.models.generate import (
+    generate,
+    sample_token,
+    sequence_nll,
+    start_generation,
+    stream_generate,
+)
 from jaxsel.models.gguf import load_gguf
 from jaxsel.models.hf import load_hf_checkpoint
 from jaxsel.models.policies import Dense, Streaming, TokenSelect, make_policy
+from jaxsel.models.text import StreamStats, chat_prompt, load_pretrained, stream_text
 from jaxsel.models.tokenizer import Tokenizer
 
 __all__ = [
@@ -28,9 +37,11 @@ __all__ = [
     "Dense",
     "KVCache",
     "RopeScaling",
+    "StreamStats",
     "Streaming",
     "TokenSelect",
     "Tokenizer",
+    "chat_prompt",
     "fetch_model",
     "forward",
     "forward_chunk",
@@ -39,7 +50,12 @@ __all__ = [
     "init_params",
     "load_gguf",
     "load_hf_checkpoint",
+    "load_pretrained",
     "make_policy",
     "model_path",
     "sample_token",
+    "sequence_nll",
+    "start_generation",
+    "stream_generate",
+    "stream_text",
 ]

@@ -1,0 +1,213 @@
+"""TokenSelect on a real pretrained model: passkey retrieval and perplexity at 0.25x-4x its
+trained context (SmolLM2-135M-Instruct, trained at 8192 tokens).
+
+    .venv/bin/jaxsel fetch smollm2
+    nice -n 10 .venv/bin/python scripts/eval_real_longcontext.py --lengths 2048,8192,16384,32768
+
+Passkey (``jaxsel.models.longcontext``; SPEC section 10): raw completion without the chat template,
+greedy, ``--new-tokens`` tokens, right when the first integer equals the key; trial t of a cell puts
+the needle at depth ``(t mod 10) / 9`` with a 5-digit key drawn from (length, t). Every cell reports
+accuracy with a 95% Wilson interval, prefill and decode times. Perplexity: next-token NLL of the
+first ``L`` tokens of The Devil's Dictionary (Debian's ``dict-devil``, public domain; ``apt-get
+install dict-devil``) under each policy, chunked exactly as a prefill, with the mean over the whole
+window and over its last 1024 tokens (95% interval from 512-token block means).
+
+Policies at the authors' budget (2688 tokens): ``dense``; ``tokenselect`` (sink 128, top-k 2048,
+local 512) with ``compact`` or ``original`` RoPE positions; ``streaming`` (sink 128 + local 2560).
+Results go to ``results/models/smollm2/eval_longcontext.json`` after every cell; a re-run skips the
+finished cells (``--no-resume`` starts over). ``--plot-only`` redraws the PNG from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxsel._bench import environment_info, format_table
+from jaxsel.models import Tokenizer, load_gguf, model_path
+from jaxsel.models import longcontext as lc
+from jaxsel.models import policies as pol
+from jaxsel.models.generate import decode_jit, sequence_nll, start_generation
+
+TS = dict(n_sink=128, top_k=2048, n_local=512)
+POLICIES = {
+    "dense": pol.Dense(),
+    "tokenselect_compact": pol.TokenSelect(**TS, position_mode="compact"),
+    "tokenselect_original": pol.TokenSelect(**TS, position_mode="original"),
+    "streaming": pol.Streaming(n_sink=128, n_local=2560),
+}
+DEVIL = Path("/usr/share/dictd/devil.dict.dz")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--lengths", default="2048,4096,8192,12288,16384,32768")
+    p.add_argument("--policies", default=",".join(POLICIES))
+    p.add_argument("--trials", type=int, default=20, help="passkey trials per cell")
+    p.add_argument("--trials-at", default="32768=10", help="per-length overrides, e.g. 32768=10")
+    p.add_argument("--new-tokens", type=int, default=8)
+    p.add_argument("--ppl-lengths", default="", help="perplexity window lengths ('' = none)")
+    p.add_argument("--out", type=Path, default=Path("results/models/smollm2"))
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--plot-only", action="store_true")
+    return p.parse_args()
+
+
+def passkey_cell(params, config, tok, policy, length: int, trials: int, new_tokens: int) -> dict:
+    encode = lambda s: tok.encode(s, add_special_tokens=False)
+    depths = lc.depths(10)
+    correct, answers, t_pre, t_dec = 0, [], 0.0, 0.0
+    for t in tqdm(range(trials), desc=f"{length}", leave=False):
+        rng = np.random.default_rng([length, t])
+        key = int(rng.integers(10000, 100000))
+        ids = lc.passkey_prompt(encode, length, depths[t % len(depths)], key)
+        t0 = time.perf_counter()
+        policy_obj, state = start_generation(
+            params, config, [np.asarray(ids, np.int32)], max_new_tokens=new_tokens, policy=policy
+        )
+        jax.block_until_ready(state)
+        t1 = time.perf_counter()
+        out, _ = decode_jit(
+            params, state, jax.random.key(0), config=config, policy=policy_obj, n_steps=new_tokens
+        )
+        text = tok.decode(np.asarray(out[0]).tolist(), skip_special_tokens=True)
+        t2 = time.perf_counter()
+        ok = lc.first_integer(text) == key
+        correct += ok
+        answers.append({"depth": depths[t % len(depths)], "key": key, "answer": text, "ok": ok})
+        if t:  # the first trial pays the compilation
+            t_pre, t_dec = t_pre + t1 - t0, t_dec + t2 - t1
+    lo, hi = lc.wilson_interval(correct, trials)
+    return {
+        "accuracy": correct / trials,
+        "correct": correct,
+        "n": trials,
+        "wilson95": [lo, hi],
+        "prefill_s_mean": t_pre / max(trials - 1, 1),
+        "decode_s_mean": t_dec / max(trials - 1, 1),
+        "answers": answers,
+    }
+
+
+def devil_tokens(tok) -> np.ndarray:
+    if not DEVIL.exists():
+        raise FileNotFoundError(f"{DEVIL} missing: apt-get install dict-devil")
+    text = gzip.open(DEVIL).read().decode("utf-8", "replace")
+    return np.asarray(tok.encode(text, add_special_tokens=False), np.int32)
+
+
+def ppl_cell(params, config, tokens: np.ndarray, policy, length: int) -> dict:
+    t0 = time.perf_counter()
+    nll = np.asarray(sequence_nll(params, tokens[:length], config=config, policy=policy))
+    blocks = nll[: (len(nll) // 512) * 512].reshape(-1, 512).mean(axis=1)
+    tail = nll[-1024:]
+    tail_blocks = tail.reshape(-1, 512).mean(axis=1)
+    ci = lambda b: 1.96 * float(np.std(b, ddof=1) / np.sqrt(len(b))) if len(b) > 1 else None
+    return {
+        "nll": float(nll.mean()),
+        "ppl": float(np.exp(nll.mean())),
+        "nll_ci95": ci(blocks),
+        "nll_last1024": float(tail.mean()),
+        "ppl_last1024": float(np.exp(tail.mean())),
+        "nll_last1024_ci95": ci(tail_blocks),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def plot(data: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in POLICIES:
+        cells = sorted(
+            (c for c in data["passkey"].values() if c["policy"] == name), key=lambda c: c["length"]
+        )
+        if cells:
+            x = [c["length"] for c in cells]
+            y = [c["accuracy"] for c in cells]
+            err = [[c["accuracy"] - c["wilson95"][0] for c in cells]]
+            err.append([c["wilson95"][1] - c["accuracy"] for c in cells])
+            axes[0].errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+        cells = sorted(
+            (c for c in data["perplexity"].values() if c["policy"] == name),
+            key=lambda c: c["length"],
+        )
+        if cells:
+            axes[1].plot([c["length"] for c in cells], [c["ppl"] for c in cells], "o-", label=name)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.axvline(8192, color="grey", ls=":", lw=1)
+        ax.set_xlabel("prompt tokens (dotted: trained context 8192)")
+    axes[0].set_ylabel("passkey accuracy (95% Wilson)")
+    axes[1].set_ylabel("perplexity, The Devil's Dictionary")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M-Instruct (Q4_1 GGUF, f32 compute)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    args = parse()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "eval_longcontext.json"
+    data = {"passkey": {}, "perplexity": {}}
+    if path.exists() and not args.no_resume:
+        data = json.loads(path.read_text())
+    if args.plot_only:
+        plot(data, args.out / "eval_longcontext.png")
+        return
+    m = load_gguf(model_path("smollm2"))
+    params, config = m.params_tree(), m.config
+    tok = Tokenizer.from_gguf(model_path("smollm2"))
+    overrides = dict(kv.split("=") for kv in args.trials_at.split(",") if kv)
+    data["environment"] = environment_info()
+    save = lambda: path.write_text(json.dumps(data, indent=1) + "\n")
+    for length in [int(s) for s in args.lengths.split(",") if s]:
+        trials = int(overrides.get(str(length), args.trials))
+        for name in args.policies.split(","):
+            cell = f"{name}@{length}"
+            if cell in data["passkey"] and data["passkey"][cell]["n"] >= trials:
+                continue
+            t0 = time.perf_counter()
+            res = passkey_cell(params, config, tok, POLICIES[name], length, trials, args.new_tokens)
+            res.update(policy=name, length=length, wall_s=time.perf_counter() - t0)
+            data["passkey"][cell] = res
+            save()
+            print(
+                f"passkey {cell}: {res['correct']}/{trials} "
+                f"[{res['wilson95'][0]:.2f}, {res['wilson95'][1]:.2f}], "
+                f"prefill {res['prefill_s_mean']:.1f} s, wall {res['wall_s']:.0f} s",
+                flush=True,
+            )
+    if args.ppl_lengths:
+        tokens = devil_tokens(tok)
+        for length in [int(s) for s in args.ppl_lengths.split(",")]:
+            for name in args.policies.split(","):
+                cell = f"{name}@{length}"
+                if cell in data["perplexity"]:
+                    continue
+                res = ppl_cell(params, config, tokens, POLICIES[name], length)
+                data["perplexity"][cell] = {"policy": name, "length": length, **res}
+                save()
+                print(f"ppl {cell}: {res['ppl']:.2f} (last 1024: {res['ppl_last1024']:.2f})")
+    rows = [
+        {k: c[k] for k in ("policy", "length", "correct", "n", "prefill_s_mean")}
+        for c in data["passkey"].values()
+    ]
+    print(format_table(rows))
+    plot(data, args.out / "eval_longcontext.png")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
