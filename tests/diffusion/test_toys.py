@@ -27,6 +27,48 @@ def _np_posterior_mean(g, x, ab):
     return (gam / gam.sum()) @ np.array(out)
 
 
+def _np_posterior(g, x, ab):
+    """p(x0 | x_t) = sum_k gamma_k N(m_k, S_k) in float64, and z with gamma = softmax(z)."""
+    w, mus, covs = (np.asarray(a, np.float64) for a in g)
+    z, ms, ss = [], [], []
+    for wk, mu, S in zip(w, mus, covs):
+        C = ab * S + (1 - ab) * np.eye(2)
+        r = x - np.sqrt(ab) * mu
+        z.append(np.log(wk) + multivariate_normal(np.zeros(2), C).logpdf(r))
+        ms.append(mu + np.sqrt(ab) * S @ np.linalg.solve(C, r))
+        ss.append(S - ab * S @ np.linalg.solve(C, S))
+    z = np.array(z)
+    gam = np.exp(z - z.max())
+    return gam / gam.sum(), z, np.array(ms), np.array(ss)
+
+
+U32 = 2.0**-24  # float32 unit roundoff
+EXP_ERR = LOG_ERR = 4 * U32  # XLA's float32 exp and log: a few units
+
+
+def _soft_value_rounding(gam, z, rk, lam):
+    """Bound on the float32 rounding of gmm_soft_value_linear = logsumexp(a) / lam at small lam.
+
+    a_k = log_softmax(z)_k + lam r_k (r_k = w.m_k). log_softmax and logsumexp each subtract the
+    max (u |z_k - max|), exponentiate (EXP_ERR), add 4 positive terms (3u), take a log (LOG_ERR,
+    absolute: the sum is in [1, 4]) and subtract it (u |result|); a_k takes two additions
+    (2u |a_k|). These absolute errors in a, weighted by gamma (the gradient of logsumexp), are
+    divided by lam. Errors of z and r_k themselves barely move V (dV/dz_k = gamma_k (r_k - E r),
+    dV/dr_k = gamma_k): 16u sum_k gamma_k (1 + |z_k| + |r_k|) (1 + |r_k|) covers them and the
+    posterior mean's own rounding.
+    """
+    lse = EXP_ERR + 3 * U32 + LOG_ERR
+    log_gamma = z - z.max() - np.log(np.exp(z - z.max()).sum())
+    a = log_gamma + lam * rk
+    d_log_gamma = U32 * (np.abs(z - z.max()) + np.abs(log_gamma)) + lse
+    d_a = d_log_gamma + 2 * U32 * np.abs(a)
+    d_lse = (
+        gam @ (d_a + U32 * np.abs(a - a.max())) + lse + U32 * np.abs(np.log(gam @ np.exp(lam * rk)))
+    )
+    small = 16 * U32 * gam @ ((1 + np.abs(z) + np.abs(rk)) * (1 + np.abs(rk)))
+    return d_lse / lam + small
+
+
 # compiled once and shared by the parametrised cases (eager dispatch compiles op by op)
 _denoise = jax.jit(jax.vmap(toys.gmm_denoise_at, in_axes=(None, 0, None)))
 _soft_value = jax.jit(toys.gmm_soft_value_linear)
@@ -60,11 +102,21 @@ def test_gmm_soft_value_matches_grid_posterior(ab):
         want = np.log(post @ np.exp(lam * pts @ w)) / lam
         got = _soft_value(g, jnp.asarray(x_t), ab, jnp.asarray(w), lam)
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
-        # lam -> 0 is the SVDD-PM value w . E[x0 | x_t]
-        # (lam Var / 2 bias of size ~1e-3 at lam = 1e-3; float32 cancellation ~1e-4)
-        small = _soft_value(g, jnp.asarray(x_t), ab, jnp.asarray(w), 1e-3)
+        # lam -> 0 is the SVDD-PM value w . E[x0 | x_t]. With r = w.x0 under the posterior, the
+        # cumulant expansion gives V_lam = E r + lam Var r / 2 + lam^2 k3 / 6 + O(lam^3): at
+        # lam = 1e-3 the gap to w . E[x0 | x_t] is lam Var / 2 (up to 2.3e-3 here), to within
+        # lam^2 |k3| / 3; float32 adds the rounding of a logsumexp divided by lam (~1e-4).
+        lam0 = 1e-3
+        small = _soft_value(g, jnp.asarray(x_t), ab, jnp.asarray(w), lam0)
         pm = _denoise(g, jnp.asarray(x_t)[None], jnp.float32(ab))[0] @ w
-        np.testing.assert_allclose(small, pm, atol=5e-3)
+        gam, z, ms, ss = _np_posterior(g, x_t, ab)
+        rk, vk = ms @ w, np.einsum("i,kij,j->k", w, ss, w)
+        mean = gam @ rk
+        var = gam @ (vk + (rk - mean) ** 2)
+        k3 = gam @ ((rk - mean) ** 3 + 3 * (rk - mean) * vk)
+        tol = lam0**2 * abs(k3) / 3 + _soft_value_rounding(gam, z, rk, lam0)
+        gap = float(small) - float(pm)
+        np.testing.assert_allclose(gap, lam0 * var / 2, rtol=0, atol=tol)
 
 
 # one grid and one compiled log-density shared by the grid tests

@@ -7,7 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _pool_reference import numpy_soft_pool, resolve_pads, torch_soft_pool
+from _pool_reference import (
+    numpy_soft_pool,
+    numpy_soft_pool_bound,
+    numpy_soft_pool_grad,
+    resolve_pads,
+    torch_soft_pool,
+)
 
 from jaxsel.pool import soft_pool, soft_pool_output_shape
 
@@ -17,6 +23,13 @@ GRADIENTS = ("custom", "autodiff")
 def _rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _assert_within(got, want, bound):
+    """|got - want| < bound elementwise; bound = 0 (a cell in no window) means exactly equal."""
+    err = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
+    np.testing.assert_array_less(err[bound > 0], bound[bound > 0])
+    np.testing.assert_array_equal(err[bound == 0], 0.0)
 
 
 def _normal(shape, seed=0, scale=2.0, dtype=np.float32):
@@ -80,9 +93,13 @@ def test_matches_torch_paper_formula(torch, shape_cf, window, strides, padding):
     )
     assert y.dtype == g.dtype == jnp.float32
     assert y.shape == y_ref.shape
-    # f32 rounding of the input itself moves y by up to ~eps * |x|; 1e-6 relative covers it.
-    assert _rel_err(y, y_ref) <= 1e-6
-    assert _rel_err(g, g_ref) <= 1e-5
+    # Forward within the rounding bound of a float32 evaluation, including the rounding of the
+    # float64 input to float32 (the reference sees it exact).
+    pads = resolve_pads(x.shape[1:-1], window, strides, padding)
+    bound = numpy_soft_pool_bound(x, window, strides, pads, input_rounding=True)
+    _assert_within(y, y_ref, bound)
+    _, g_bound = numpy_soft_pool_grad(x, window, strides, pads, ct, input_rounding=True)
+    _assert_within(g, g_ref, g_bound)
 
 
 @pytest.mark.parametrize(
@@ -95,8 +112,10 @@ def test_autodiff_gradient_matches_torch(torch, shape_cf, window, strides, paddi
     y, g = _value_and_vjp(window, strides, padding, "autodiff")(
         jnp.asarray(x, jnp.float32), jnp.asarray(ct, jnp.float32)
     )
-    assert _rel_err(y, y_ref) <= 1e-6
-    assert _rel_err(g, g_ref) <= 1e-5
+    bound = numpy_soft_pool_bound(x, window, strides, padding, input_rounding=True)
+    _assert_within(y, y_ref, bound)
+    _, g_bound = numpy_soft_pool_grad(x, window, strides, padding, ct, input_rounding=True)
+    _assert_within(g, g_ref, g_bound)
 
 
 def test_second_order_matches_torch(torch):
@@ -138,7 +157,8 @@ def test_matches_numpy_reference(shape, window, strides, padding, implementation
     y = jax.jit(lambda v: soft_pool(v, window, strides, padding, implementation=implementation))(x)
     ref = numpy_soft_pool(x, window, strides, padding)
     assert y.shape == ref.shape == soft_pool_output_shape(shape, window, strides, padding)
-    assert _rel_err(y, ref) <= 1e-6
+    bound = numpy_soft_pool_bound(x, window, strides, padding)  # same float32 input
+    _assert_within(y, ref, bound)
 
 
 @pytest.mark.parametrize(("shape", "window", "strides", "padding"), NUMPY_CASES)
@@ -195,9 +215,16 @@ def test_large_magnitudes_stay_finite(window, strides, padding, gradient):
     np.testing.assert_allclose(y, nn.max_pool(x, window, strides, padding), rtol=1e-6, atol=1e-2)
     g = jax.jit(jax.grad(lambda v: jnp.sum(fn(v))))(x)
     assert np.all(np.isfinite(g))
-    # The maximum of each window takes (almost) all the weight, and 1 + x - y ~ 1 there.
+    # The maximum of each window takes (almost) all the weight, and 1 + x - y ~ 1 there. In exact
+    # arithmetic (the float64 closed form) only the planted near tie is visibly off max pooling:
+    # the runner-up, 10 below, takes weight w = e^-10 / (1 + e^-10) and moves both cells by
+    # w |1 - 10 (1 - w)| ~ 9 w = 4.1e-4; every other window's runner-up is far further below.
+    g64, bound = numpy_soft_pool_grad(x, window, strides, padding)
     g_max = jax.jit(jax.grad(lambda v: jnp.sum(nn.max_pool(v, window, strides, padding))))(x)
-    np.testing.assert_allclose(g, g_max, atol=1e-3)
+    np.testing.assert_allclose(g64, g_max, rtol=0, atol=1e-3)
+    # In float32, 1 + x - y at |x| ~ 3e4 is resolved only to a few units of u |x| ~ 2e-3, so g is
+    # compared with the closed form within the rounding bound of a float32 evaluation.
+    _assert_within(g, g64, bound)
 
 
 @pytest.mark.parametrize(
