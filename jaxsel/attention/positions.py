@@ -281,7 +281,8 @@ def rope_causal_attention(
     Args:
       q_chunk: ``[C, Hq, d]`` unrotated queries.
       k, v: ``[N, Hkv, d]`` cache (keys without RoPE) holding at least ``start + C`` tokens.
-      start: number of tokens before the chunk (traced or static).
+      start: number of tokens before the chunk: a Python int (static: the block loop is a scan,
+        differentiable) or a traced integer scalar (a while loop over the live blocks only).
       theta, scaling: RoPE (see :func:`rope_frequencies`).
       scale: logit scale, ``None`` for ``1/sqrt(d)``.
       block_kv: keys per block (static; capped at N).
@@ -300,7 +301,8 @@ def rope_causal_attention(
     g = hq // hkv
     bk = min(block_kv, n)
     scale = _checks.resolve_scale(scale, d)
-    start = jnp.asarray(start, jnp.int32)
+    static_start = isinstance(start, int | np.integer)
+    start = int(start) if static_start else jnp.asarray(start, jnp.int32)
     q_pos = start + jnp.arange(c, dtype=jnp.int32)
     rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling)
     qr = (rot(q_chunk, q_pos).astype(jnp.float32) * scale).astype(compute_dtype(q_chunk, k))
@@ -333,6 +335,8 @@ def rope_causal_attention(
         jnp.zeros((hkv, g * c), jnp.float32),
         jnp.zeros((hkv, g * c, d), jnp.float32),
     )
+    # A static start gives a static trip count: fori_loop lowers to a scan, which reverse-mode
+    # differentiation supports (a traced one lowers to a while loop, which it does not).
     n_blocks = (start + c + bk - 1) // bk
     _, l, acc = jax.lax.fori_loop(0, n_blocks, block, init)
     o = (acc / l[..., None]).reshape(hkv, g, c, d).transpose(2, 0, 1, 3)

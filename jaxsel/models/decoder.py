@@ -206,7 +206,9 @@ def forward_chunk(
         )
     dtype = params["embed"].dtype
     x = params["embed"][tokens].astype(dtype)
-    start = jnp.asarray(start, jnp.int32)
+    # A Python int start stays static: dense attention then loops over a static number of key
+    # blocks (a scan, so reverse-mode differentiation works, as training needs).
+    start = start if isinstance(start, int) else jnp.asarray(start, jnp.int32)
     new_k, new_v, new_states = [], [], []
     for i, lp in enumerate(params["layers"]):
         h = rms_norm(x, lp["attn_norm"], eps=config.rms_norm_eps)
@@ -251,9 +253,7 @@ def forward(
     shape = (config.num_layers, T, config.num_kv_heads, config.head_dim)
     dtype = params["embed"].dtype
     ck, cv = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
-    out = forward_chunk(
-        params, tokens, ck, cv, jnp.int32(0), config=config, return_hidden=return_hidden
-    )
+    out = forward_chunk(params, tokens, ck, cv, 0, config=config, return_hidden=return_hidden)
     return (out[0], out[4]) if return_hidden else out[0]
 
 

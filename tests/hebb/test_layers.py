@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +12,12 @@ from hebb_jit import jit
 
 from jaxsel.hebb import layers
 from jaxsel.pool import soft_pool
+
+_spec = importlib.util.spec_from_file_location(
+    "_pool_reference", Path(__file__).parents[1] / "pool" / "_pool_reference.py"
+)
+_pool_ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_pool_ref)
 
 
 def test_batch_norm_matches_numpy_train_and_eval():
@@ -97,9 +106,12 @@ def np_soft_pool(x, k, s, p):
 def test_soft_pool_matches_numpy_and_dispatches_to_jaxsel_pool(k, s, p):
     x = np.random.default_rng(4).normal(size=(2, 8, 8, 3)).astype(np.float32)
     got = jit(lambda x: layers.pool2d(x, kind="soft", window=k, stride=s, padding=p))(x)
-    np.testing.assert_allclose(got, np_soft_pool(x, k, s, p), rtol=1e-5, atol=1e-6)
+    # Each float32 evaluation is within the per-output rounding bound of the float64 value
+    # (tests/pool/_pool_reference.py derives it), so two of them are within twice that.
+    bound = _pool_ref.numpy_soft_pool_bound(x, (k, k), (s, s), ((p, p), (p, p)))
+    assert np.all(np.abs(np.asarray(got) - np_soft_pool(x, k, s, p)) <= bound)
     want = soft_pool(jnp.asarray(x), (k, k), strides=(s, s), padding=((p, p), (p, p)))
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.all(np.abs(np.asarray(got) - np.asarray(want)) <= 2 * bound)
     assert got.shape == (2, (8 + 2 * p - k) // s + 1, (8 + 2 * p - k) // s + 1, 3)
 
 

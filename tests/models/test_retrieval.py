@@ -100,10 +100,10 @@ def test_shipped_checkpoint_solves_the_task_and_tokenselect_keeps_it_at_16x():
 
 
 @pytest.mark.slow  # tests/test_cli.py runs `jaxsel demo --quick` by default; this adds the PNG check
-def test_demo_quick_writes_table_and_png(tmp_path, capsys):
-    from jaxsel.demo import run_demo
+def test_toy_demo_quick_writes_table_and_png(tmp_path, capsys):
+    from jaxsel.demo import run_toy_demo
 
-    assert run_demo(quick=True, out_dir=str(tmp_path)) == 0
+    assert run_toy_demo(quick=True, out_dir=str(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "tokenselect_compact" in out and "exact-match accuracy" in out
     payload = json.loads((tmp_path / "demo.json").read_text())

@@ -170,12 +170,20 @@ def test_make_train_vmaps_over_seeds():
     cfg = TR.OreoConfig.quick(sft_steps=10, rl_steps=2, sft_examples=64, n_prompts=4, n_eval=8)
     train = TR.make_train(cfg)
     keys = jax.random.split(jax.random.key(0), 2)
-    both = jax.jit(jax.vmap(train))(keys)
+    batched = jax.jit(jax.vmap(train))
+    both = batched(keys)
+    # Against a reference that rounds the same way: the same batched program with the seeds
+    # swapped gives each seed's run bit for bit (seeds do not leak into each other).
+    swapped = batched(keys[::-1])
+    for a, b in ((both.sft_loss, swapped.sft_loss), (both.oreo_loss, swapped.oreo_loss)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[::-1])
     one = jax.jit(train)
     for i in range(2):
         single = one(keys[i])
-        np.testing.assert_allclose(both.sft_loss[i], single.sft_loss, rtol=2e-4, atol=2e-5)
-        np.testing.assert_allclose(both.oreo_loss[i], single.oreo_loss, rtol=2e-3, atol=2e-4)
+        # The unbatched program rounds differently and training amplifies that, so only the
+        # first loss (one forward pass from the same initial parameters, a few hundred float32
+        # roundings deep) is compared numerically: 1e-5 relative is ~170 u.
+        np.testing.assert_allclose(both.sft_loss[i][0], single.sft_loss[0], rtol=1e-5)
         assert float(both.greedy_oreo[i]) == float(single.greedy_oreo)
     assert not np.allclose(both.sft_loss[0], both.sft_loss[1])  # seeds differ
 
