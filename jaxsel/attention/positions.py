@@ -112,10 +112,11 @@ def apply_rope(
     pos = positions.astype(jnp.float32).reshape(
         positions.shape + (1,) * (len(lead) - positions.ndim)
     )
-    ang = pos[..., None] * inv  # [..., d/2]
-    ang = jnp.concatenate([ang, ang], axis=-1)
-    xf = x.astype(jnp.float32)
-    return (xf * jnp.cos(ang) + rotate_half(xf) * jnp.sin(ang)).astype(x.dtype)
+    ang = pos[..., None] * inv  # [..., d/2]: each angle's sine and cosine are computed once
+    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
 
 
 def scoring_query(
