@@ -76,4 +76,12 @@ if [ "${VARIANTS:-1}" = 1 ]; then
   log "bench_kernel_variants: exit $? -> $OUT/bench_kernel_variants.json"
   tail -n 60 "$OUT/bench_kernel_variants.log" | tee -a "$OUT/summary.txt"
 fi
+# 6. The real-model path (a SmolLM2-shaped decoder, random weights: the GPU machine has no registry
+#    access): prefill and decode tok/s for dense vs TokenSelect (REAL_MODEL=0 skips it).
+if [ "${REAL_MODEL:-1}" = 1 ]; then
+  timeout "${REAL_MODEL_S:-180}" "$PY" scripts/bench_real_model.py --lengths "${REAL_LENGTHS:-8192,32768}" \
+    --out "$OUT/bench_real_model.json" >"$OUT/bench_real_model.log" 2>&1
+  log "bench_real_model: exit $? -> $OUT/bench_real_model.json"
+  tail -n 12 "$OUT/bench_real_model.log" | tee -a "$OUT/summary.txt"
+fi
 log "done in $(($(date +%s) - START)) s"
