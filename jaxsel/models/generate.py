@@ -68,6 +68,20 @@ def _pad_prompts(prompts: Any, lengths: Any, pad_id: int) -> tuple[np.ndarray, n
     return arr.astype(np.int32), lens
 
 
+def batch_map(fn: Any, *args: Any) -> Any:
+    """``jax.vmap(fn)(*args)``, except that a batch of one runs ``fn`` unbatched.
+
+    Under ``vmap`` a ``lax.cond`` whose predicate is batched runs both branches; unbatched it runs
+    one. That is what makes a single-prompt decode skip the scoring on a Selection Cache hit and
+    skip the sparse branch while the context fits the budget.
+    """
+    sizes = {x.shape[0] for x in jax.tree.leaves(args)}
+    if sizes != {1}:
+        return jax.vmap(fn)(*args)
+    out = fn(*jax.tree.map(lambda x: x[0], args))
+    return jax.tree.map(lambda x: x[None], out)
+
+
 def prefill(
     params: Params,
     config: DecoderConfig,
@@ -94,7 +108,7 @@ def prefill(
             )
             return ck_b, cv_b
 
-        return jax.vmap(one)(ck, cv, toks, limit)
+        return batch_map(one, ck, cv, toks, limit)
 
     n_full, rest = divmod(n_tokens, chunk)
     ck, cv = cache.k, cache.v
@@ -236,7 +250,7 @@ def decode_jit(
             )
             return logits[0], ck_b, cv_b, s_b
 
-        logits, ck, cv, states = jax.vmap(one)(st.k, st.v, st.token, st.pos, st.select_states)
+        logits, ck, cv, states = batch_map(one, st.k, st.v, st.token, st.pos, st.select_states)
         if cache_sharding is not None:
             ck = jax.lax.with_sharding_constraint(ck, cache_sharding)
             cv = jax.lax.with_sharding_constraint(cv, cache_sharding)
