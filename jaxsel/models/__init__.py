@@ -19,6 +19,7 @@ from jaxsel.models.config import DecoderConfig, RopeScaling
 from jaxsel.models.decoder import Decoder, forward, forward_chunk, init_params
 from jaxsel.models.fetch import fetch_model, model_path
 from jaxsel.models.generate import (
+    StreamStats,
     generate,
     sample_token,
     sequence_nll,
@@ -28,7 +29,7 @@ from jaxsel.models.generate import (
 from jaxsel.models.gguf import load_gguf
 from jaxsel.models.hf import load_hf_checkpoint
 from jaxsel.models.policies import Dense, Streaming, TokenSelect, make_policy
-from jaxsel.models.text import StreamStats, chat_prompt, load_pretrained, stream_text
+from jaxsel.models.text import chat_prompt, load_pretrained, stream_text
 from jaxsel.models.tokenizer import Tokenizer
 
 __all__ = [

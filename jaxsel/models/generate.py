@@ -13,7 +13,9 @@ per step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -429,6 +431,27 @@ def generate(
     return out, hits
 
 
+@dataclasses.dataclass
+class StreamStats:
+    """Filled in by :func:`stream_generate`: token counts and seconds (the prefill's compilation
+    is part of ``prefill_s``; ``decode_s`` leaves out the first step, which compiles)."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    first_step_s: float = 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        timed = self.new_tokens - 1
+        return timed / self.decode_s if timed > 0 and self.decode_s else 0.0
+
+
 def stream_generate(
     params: Params,
     config: DecoderConfig,
@@ -439,21 +462,29 @@ def stream_generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     key: jax.Array | None = None,
+    stats: StreamStats | None = None,
     **options: Any,
 ) -> Iterator[int]:
     """Yields the tokens of ONE prompt (a 1-D token sequence) as they are decoded, one jitted
     step at a time (compiled once), until ``eos_id`` (not yielded) or ``max_new_tokens``.
 
     ``options`` are :func:`start_generation`'s (``policy``, ``policy_options``, ``cache_len``,
-    ``prefill_chunk``). The prefill runs before the first token is yielded.
+    ``prefill_chunk``). The prefill runs before the first token is yielded; ``stats``, if given,
+    is filled in with the prefill and decode times as the tokens come.
     """
     if temperature > 0 and key is None:
         raise ValueError("sampling (temperature > 0) needs an explicit key")
     key = jax.random.key(0) if key is None else key
+    stats = StreamStats() if stats is None else stats
+    t0 = time.perf_counter()
+    prompt = np.asarray(prompt, np.int32)
     policy, state = start_generation(
-        params, config, [np.asarray(prompt)], max_new_tokens=max_new_tokens, **options
+        params, config, [prompt], max_new_tokens=max_new_tokens, **options
     )
+    jax.block_until_ready(state)
+    stats.prompt_tokens, stats.prefill_s = len(prompt), time.perf_counter() - t0
     for t in range(max_new_tokens):
+        t1 = time.perf_counter()
         tok, state = decode_jit(
             params,
             state,
@@ -465,8 +496,13 @@ def stream_generate(
             top_p=float(top_p),
         )
         tok = int(tok[0, 0])
+        if t == 0:
+            stats.first_step_s = time.perf_counter() - t1
+        else:
+            stats.decode_s += time.perf_counter() - t1
         if eos_id is not None and tok == eos_id:
             return
+        stats.new_tokens += 1
         yield tok
 
 
