@@ -180,7 +180,8 @@ def forward_chunk(
       params: the parameter pytree.
       tokens: int32 ``[C]`` at positions ``start .. start + C - 1``.
       cache_k, cache_v: ``[L, N, Hkv, d]``; keys are stored without RoPE.
-      start: int32 scalar, the number of tokens already in the cache (traced).
+      start: the number of tokens already in the cache: a traced int32 scalar, or a Python int
+        (static; dense attention then loops over a static number of key blocks, differentiably).
       config: the decoder's configuration (static).
       policy: an attention policy from :mod:`jaxsel.models.policies` (static; ``None`` = dense).
       select_states: per-layer Selection Cache states (decode with a cached TokenSelect policy).

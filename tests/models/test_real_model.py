@@ -168,14 +168,7 @@ def test_greedy_tokens_match_transformers(model, prompts, reference, torch):
     hf, _ = reference
     p = prompts[0]
     ours = generate(model.params_tree(), model.config, [p], max_new_tokens=64)[0]
-    with torch.no_grad():
-        out = hf.generate(
-            torch.tensor([p]),
-            attention_mask=torch.ones(1, len(p), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=64,
-        )
-    want = out[0, len(p) :].numpy()
+    want = _hf_greedy(hf, torch, p, 64).numpy()
     assert len(want) == 64
     np.testing.assert_array_equal(ours, want)
 
@@ -184,14 +177,33 @@ def test_chat_answer_with_transformers(reference, torch):
     hf, hf_tok = reference
     ids = hf_tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    assert hf_tok.decode(_hf_greedy(hf, torch, ids, 24), skip_special_tokens=True) == ANSWER
+
+
+def _hf_greedy(hf, torch, ids, n):
+    """transformers' greedy continuation of one prompt: the ``n`` new token ids."""
     with torch.no_grad():
         out = hf.generate(
             torch.tensor([ids]),
             attention_mask=torch.ones(1, len(ids), dtype=torch.long),
             do_sample=False,
-            max_new_tokens=24,
+            max_new_tokens=n,
         )
-    assert hf_tok.decode(out[0, len(ids) :], skip_special_tokens=True) == ANSWER
+    return out[0, len(ids) :]
+
+
+def test_sparse_decode_of_one_prompt_tracks_dense(model, prompts):
+    # TokenSelect at original positions keeping all but 6 of the prompt's tokens must decode
+    # what dense attention decodes (logits differ by ~1e-2 here): the sparse decode path on the
+    # real weights, which the other tests (prompts within the budget) never leave dense for.
+    from jaxsel.models import TokenSelect
+
+    p = prompts[1]
+    policy = TokenSelect(n_sink=4, top_k=len(p) - 6 - 4 - 32, n_local=32, position_mode="original")
+    params = model.params_tree()
+    dense = generate(params, model.config, [p], max_new_tokens=8)
+    sparse = generate(params, model.config, [p], max_new_tokens=8, policy=policy)
+    np.testing.assert_array_equal(sparse, dense)
 
 
 def test_chat_answer_with_our_tokenizer_and_decoder(model, tok):
