@@ -30,11 +30,9 @@ _PREFERENCE: dict[str, tuple[str, ...]] = {
     "cpu": (),
 }
 
-#: Backends that ``implementation=None`` does not pick, with the reason. ``mosaic_gpu`` compiles,
-#: runs and matches the references on an H200 (``scripts/device_check.sh``, 2026-11-26, jax 0.11.2)
-#: but was not faster than ``xla`` there at N = 128K..1M: scoring pass 0.55-0.89x, whole
-#: ``token_select`` 0.63-1.02x, ``sparse_decode_attention`` 0.74-0.87x, ``topk`` 0.28-0.74x
-#: (``results/gpu/README.md``). Remove it from here once a faster kernel measures ahead.
+#: Backends that ``implementation=None`` does not pick, with the reason: ``mosaic_gpu`` matches the
+#: references on the device but measured slower than ``xla`` for every op (``results/gpu/README.md``).
+#: Remove it from here once a faster kernel measures ahead.
 NOT_DEFAULT: dict[str, str] = {
     "mosaic_gpu": "slower than 'xla' on an H200 (results/gpu/README.md); request it by name",
 }

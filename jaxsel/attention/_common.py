@@ -1,10 +1,27 @@
-"""GQA head mapping and masked softmax, shared by scoring and attention (private)."""
+"""GQA head mapping and chunk (prefill) products (private).
+
+The per-step products and the masked softmax are :mod:`pallas_kernels._xla_math`, re-exported here.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from pallas_kernels._xla_math import group_queries, head_scores, head_values, masked_softmax
+
+__all__ = [
+    "chunk_scores",
+    "chunk_values",
+    "compute_dtype",
+    "group_queries",
+    "head_scores",
+    "head_values",
+    "kv_head_of",
+    "masked_softmax",
+    "ungroup_heads",
+]
 
 
 def kv_head_of(hq: int, hkv: int, gqa_mapping: str) -> np.ndarray:
@@ -17,48 +34,6 @@ def compute_dtype(q: jax.Array, k: jax.Array) -> jnp.dtype:
     # Products run in the cache's dtype with f32 accumulation, so a bf16 cache is never copied to f32
     # (that copy would double the bytes a bandwidth-bound decode step moves).
     return jnp.dtype(k.dtype)
-
-
-def head_scores(q: jax.Array, k: jax.Array, gqa_mapping: str) -> jax.Array:
-    """``s[h, j] = q[h] . k[j, g(h)]`` in f32: ``q [Hq, d]``, ``k [M, Hkv, d]`` -> ``[Hq, M]``.
-
-    Each KV head is read once for all the query heads mapped to it (no repeated K in memory), as
-    one batched dot in the cache's dtype with f32 accumulation. (A fused multiply-reduce
-    formulation used on CPU before gave wrong scores under ``jit(vmap)`` over a batch of one on
-    XLA:CPU with jax 0.10.2 -- errors of order 40 at Hq=9, Hkv=3 -- and was no faster than this dot;
-    ``tests/attention/test_select.py`` keeps the batch-of-one case.)
-    """
-    hq, d = q.shape
-    m, hkv, _ = k.shape
-    g = hq // hkv
-    qc = q.astype(compute_dtype(q, k))
-    if gqa_mapping == "group":
-        s = jnp.einsum("kgd,nkd->kgn", qc.reshape(hkv, g, d), k, preferred_element_type=jnp.float32)
-    else:  # head h = i * Hkv + kv_head
-        s = jnp.einsum("gkd,nkd->gkn", qc.reshape(g, hkv, d), k, preferred_element_type=jnp.float32)
-    return s.reshape(hq, m)
-
-
-def head_values(p: jax.Array, v: jax.Array, gqa_mapping: str) -> jax.Array:
-    """``o[h] = sum_j p[h, j] v[j, g(h)]``: ``p [Hq, M]`` (f32), ``v [M, Hkv, d]`` -> ``[Hq, d]`` f32."""
-    hq, m = p.shape
-    _, hkv, d = v.shape
-    g = hq // hkv
-    pc = p.astype(v.dtype)
-    if gqa_mapping == "group":
-        o = jnp.einsum("kgn,nkd->kgd", pc.reshape(hkv, g, m), v, preferred_element_type=jnp.float32)
-    else:
-        o = jnp.einsum("gkn,nkd->gkd", pc.reshape(g, hkv, m), v, preferred_element_type=jnp.float32)
-    return o.reshape(hq, d)
-
-
-def group_queries(q: jax.Array, hkv: int, gqa_mapping: str) -> jax.Array:
-    """``q [C, Hq, d] -> [C, Hkv, G, d]`` so that ``[:, k, g]`` is a query head of KV head k."""
-    c, hq, d = q.shape
-    g = hq // hkv
-    if gqa_mapping == "group":
-        return q.reshape(c, hkv, g, d)
-    return q.reshape(c, g, hkv, d).swapaxes(1, 2)  # head h = i * Hkv + kv_head
 
 
 def ungroup_heads(o: jax.Array, gqa_mapping: str) -> jax.Array:
@@ -90,17 +65,3 @@ def chunk_values(p: jax.Array, v: jax.Array, gqa_mapping: str) -> jax.Array:
     pc = p.astype(v.dtype).reshape(hkv, g * c, m)
     o = jnp.einsum("kqm,kmd->kqd", pc, v.swapaxes(0, 1), preferred_element_type=jnp.float32)
     return ungroup_heads(o.reshape(hkv, g, c, -1).transpose(2, 0, 1, 3), gqa_mapping)
-
-
-def masked_softmax(logits: jax.Array, mask: jax.Array | None, axis: int = -1) -> jax.Array:
-    """Softmax over the entries where ``mask`` is true; 0 elsewhere; an all-masked row gives zeros.
-
-    Stays finite for any finite or -inf logits (the max is subtracted; an empty row divides by 1).
-    """
-    logits = logits.astype(jnp.float32)
-    x = logits if mask is None else jnp.where(mask, logits, -jnp.inf)
-    m = jnp.max(x, axis=axis, keepdims=True)
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    e = jnp.exp(x - m)
-    z = jnp.sum(e, axis=axis, keepdims=True)
-    return e / jnp.where(z > 0, z, 1.0)

@@ -17,22 +17,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxsel.attention import _checks
-from jaxsel.attention.select import (
-    budgeted,
-    dense_selection,
-    select_from_votes,
-    token_scores,
-)
+from pallas_kernels._xla_math import budgeted, dense_selection, select_from_votes, token_scores
 
 
 def _check(q, k, kv_len, top_k, n_sink, n_local, gqa_mapping):
-    _checks.check_qk(q, k)
-    kv_len = _checks.check_kv_len(kv_len, k.shape[0])
-    _checks.check_gqa_mapping(gqa_mapping)
-    budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=k.shape[0])
+    kv_len, budget = _checks.check_select(
+        q, k, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, gqa_mapping=gqa_mapping
+    )
     return budget, kv_len
 
 
@@ -117,9 +110,7 @@ def per_head_select(
             lambda s: select_from_votes(s, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local)
         )(scores)
 
-    if isinstance(kv_len, int | np.integer):
-        return dense() if kv_len <= budget else sparse()
-    return jax.lax.cond(jnp.asarray(kv_len) <= budget, dense, sparse)
+    return budgeted(kv_len, budget, sparse, dense_fn=dense)
 
 
 def dense_select(

@@ -13,6 +13,9 @@ One decode step, one layer, one sequence (batch with ``vmap``):
 The per-head normalisation is the point: a head with one very sharp logit cannot outvote the others
 (InfLLM summed raw logits instead; see :func:`jaxsel.attention.raw_logit_select`).
 
+The functions here check their arguments and run :mod:`pallas_kernels._xla_math`, the one
+implementation of this math, which the kernels' references and ``xla`` backends run too.
+
 Output format, shared by every selector in this package (``B = n_sink + top_k + n_local``):
 
 - ``indices [B] int32``, sorted ascending and unique over *all* B entries;
@@ -29,11 +32,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
 from jaxsel.attention import _checks
-from jaxsel.attention._common import head_scores, masked_softmax
+from pallas_kernels import _xla_math
+from pallas_kernels.token_select.api import token_select
+from pallas_kernels.token_select.reference import token_select_reference
 
 
 def token_scores(
@@ -61,9 +64,7 @@ def token_scores(
     _checks.check_qk(q, k)
     kv_len = _checks.check_kv_len(kv_len, k.shape[0])
     _checks.check_gqa_mapping(gqa_mapping)
-    s = head_scores(q, k, gqa_mapping) * jnp.float32(scale)
-    pos = jnp.arange(k.shape[0])
-    return jnp.where(pos[None, :] < kv_len, s, -jnp.inf)
+    return _xla_math.token_scores(q, k, kv_len, scale=scale, gqa_mapping=gqa_mapping)
 
 
 def soft_vote(scores: jax.Array, mask: jax.Array) -> jax.Array:
@@ -85,13 +86,12 @@ def soft_vote(scores: jax.Array, mask: jax.Array) -> jax.Array:
             f"mask must have shape [N] or [H, N] matching scores.shape={scores.shape}, got "
             f"{jnp.shape(mask)}"
         )
-    return jnp.sum(masked_softmax(scores, mask.astype(bool)), axis=0)
+    return _xla_math.soft_vote(scores, mask)
 
 
 def middle_candidates(n: int, kv_len: jax.Array | int, *, n_sink: int, n_local: int) -> jax.Array:
     """``[N]`` bool: the middle tokens ``n_sink <= j < kv_len - n_local`` that selection ranks."""
-    pos = jnp.arange(n)
-    return (pos >= n_sink) & (pos < kv_len - n_local)
+    return _xla_math.middle_candidates(n, kv_len, n_sink=n_sink, n_local=n_local)
 
 
 def pool_votes(votes: jax.Array, candidates: jax.Array, vote_pool: int) -> jax.Array:
@@ -101,17 +101,7 @@ def pool_votes(votes: jax.Array, candidates: jax.Array, vote_pool: int) -> jax.A
     optional smoothing, which favours tokens next to strongly voted ones. ``vote_pool=1`` is the
     identity. Non-candidates never contribute.
     """
-    if vote_pool == 1:
-        return votes
-    x = jnp.where(candidates, votes, -jnp.inf)
-    left, right = (vote_pool - 1) // 2, vote_pool // 2
-    return lax.reduce_window(x, -jnp.inf, lax.max, (vote_pool,), (1,), ((left, right),))
-
-
-def dense_selection(budget: int, kv_len: jax.Array | int) -> tuple[jax.Array, jax.Array]:
-    """The ``kv_len <= budget`` answer: ``indices = 0..budget-1``, ``valid = indices < kv_len``."""
-    idx = jnp.arange(budget, dtype=jnp.int32)
-    return idx, idx < kv_len
+    return _xla_math.pool_votes(votes, candidates, vote_pool)
 
 
 def select_from_votes(
@@ -135,36 +125,9 @@ def select_from_votes(
     Returns:
       ``(indices [budget] int32 sorted ascending, valid [budget] bool, all true)``.
     """
-    n = votes.shape[0]
-    cand = middle_candidates(n, kv_len, n_sink=n_sink, n_local=n_local)
-    v = votes.astype(jnp.float32)
-    lo = jnp.finfo(jnp.float32).min
-    v = jnp.nan_to_num(v, nan=lo, posinf=jnp.finfo(jnp.float32).max, neginf=lo)
-    v = pool_votes(v, cand, vote_pool)
-    v = jnp.where(cand, v, -jnp.inf)
-    parts = [jnp.arange(n_sink, dtype=jnp.int32)]
-    if top_k > 0:
-        _, mid = lax.top_k(v, top_k)
-        parts.append(jnp.sort(mid.astype(jnp.int32)))
-    parts.append(jnp.asarray(kv_len, jnp.int32) - n_local + jnp.arange(n_local, dtype=jnp.int32))
-    idx = jnp.concatenate(parts)
-    return idx, jnp.ones(idx.shape, bool)
-
-
-def budgeted(
-    kv_len: jax.Array | int,
-    budget: int,
-    sparse_fn,
-) -> tuple[jax.Array, jax.Array]:
-    """Dense selection when ``kv_len <= budget``, else ``sparse_fn()``; skips the scoring if dense.
-
-    A static ``kv_len`` decides in Python; a traced one through ``lax.cond`` (under ``vmap`` both
-    branches run, and the answer is still exact).
-    """
-    if isinstance(kv_len, int | np.integer):
-        return dense_selection(budget, int(kv_len)) if kv_len <= budget else sparse_fn()
-    kv_len = jnp.asarray(kv_len)
-    return lax.cond(kv_len <= budget, lambda: dense_selection(budget, kv_len), sparse_fn)
+    return _xla_math.select_from_votes(
+        votes, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, vote_pool=vote_pool
+    )
 
 
 def select_tokens(
@@ -201,8 +164,8 @@ def select_tokens(
         each shard votes with its own heads and the votes are summed with ``lax.psum``, so every
         shard selects the same tokens. Requires the "group" mapping with contiguous head shards,
         and every shard must pass it (the branches of the dense/sparse ``lax.cond`` must agree).
-      implementation: ``"xla"`` (this function, the reference semantics) or ``"pallas"`` (the
-        fused kernels of :func:`pallas_kernels.token_select`, best backend for the device, which
+      implementation: ``"xla"`` (plain JAX: :func:`pallas_kernels.token_select_reference`) or
+        ``"pallas"`` (the fused kernels of :func:`pallas_kernels.token_select`, best backend for the device, which
         falls back to XLA where none runs); any other name is passed to it as is.
 
     Returns:
@@ -210,16 +173,12 @@ def select_tokens(
       unique, and a bool mask, false only for the padding entries of a dense selection (see the
       module docstring for how those are represented).
     """
-    _checks.check_qk(q, k)
-    n = k.shape[0]
-    kv_len = _checks.check_kv_len(kv_len, n)
-    budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=n)
-    _checks.check_positive_int(vote_pool, "vote_pool")
-    _checks.check_gqa_mapping(gqa_mapping)
+    kv_len, _ = _checks.check_select(
+        q, k, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, vote_pool=vote_pool,
+        gqa_mapping=gqa_mapping,
+    )  # fmt: skip
     if implementation != "xla":
-        import pallas_kernels
-
-        return pallas_kernels.token_select(
+        return token_select(
             q,
             k,
             kv_len,
@@ -232,17 +191,7 @@ def select_tokens(
             axis_name=axis_name,
             implementation=None if implementation == "pallas" else implementation,
         )
-
-    def sparse():
-        votes = jnp.zeros((n,), jnp.float32)
-        if top_k > 0:
-            cand = middle_candidates(n, kv_len, n_sink=n_sink, n_local=n_local)
-            scores = token_scores(q, k, kv_len, scale=scale, gqa_mapping=gqa_mapping)
-            votes = soft_vote(scores, cand)
-            if axis_name is not None:
-                votes = lax.psum(votes, axis_name)
-        return select_from_votes(
-            votes, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, vote_pool=vote_pool
-        )
-
-    return budgeted(kv_len, budget, sparse)
+    return token_select_reference(
+        q, k, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, scale=scale,
+        vote_pool=vote_pool, gqa_mapping=gqa_mapping, axis_name=axis_name,
+    )  # fmt: skip

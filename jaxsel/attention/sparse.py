@@ -11,8 +11,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxsel.attention import _checks
-from jaxsel.attention._common import head_scores, head_values, kv_head_of, masked_softmax
+from jaxsel.attention._common import kv_head_of
 from jaxsel.attention.temperature import adaptive_temperature_softmax
+from pallas_kernels._xla_math import gathered_attention, head_scores, head_values, masked_softmax
+from pallas_kernels.sparse_decode.api import sparse_decode_attention
 
 
 def attention_probs(
@@ -55,7 +57,7 @@ def sparse_attention(
     Returns:
       ``[Hq, d]`` in ``result_type(q, v)``; zeros for a head with no valid entry.
     """
-    hq, _ = _checks.check_qk(q, k)
+    hq, _, d = _checks.check_qk(q, k)
     _checks.check_kv(k, v)
     _checks.check_indices(indices, valid, hq)
     _checks.check_gqa_mapping(gqa_mapping)
@@ -65,9 +67,7 @@ def sparse_attention(
                 f"implementation={implementation!r} supports shared [B] indices and plain softmax "
                 f"only, got indices.shape={indices.shape}, {adaptive_temperature=}"
             )
-        import pallas_kernels
-
-        out = pallas_kernels.sparse_decode_attention(
+        out = sparse_decode_attention(
             q,
             k,
             v,
@@ -78,27 +78,21 @@ def sparse_attention(
             implementation=None if implementation == "pallas" else implementation,
         )
         return out.astype(jnp.result_type(q.dtype, v.dtype))
-    d = q.shape[-1]
-    out_dtype = jnp.result_type(q.dtype, v.dtype)
     scale = _checks.resolve_scale(scale, d)
-    valid = valid.astype(bool)
     if indices.ndim == 1:
-        s = head_scores(q, k[indices], gqa_mapping) * scale
-        mask = jnp.broadcast_to(valid[None, :], s.shape)
-        p = attention_probs(s, mask, adaptive_temperature=adaptive_temperature)
-        # Zero the gathered values of invalid entries: they may point at padding slots holding
-        # anything (even NaN), and 0 * NaN would leak through the zero weight.
-        vv = jnp.where(valid[:, None, None], v[indices], jnp.zeros((), v.dtype))
-        o = head_values(p, vv, gqa_mapping)
-    else:
-        kvh = jnp.asarray(kv_head_of(hq, k.shape[1], gqa_mapping))[:, None]
-        kk, vv = k[indices, kvh], v[indices, kvh]  # [Hq, B, d]
-        vv = jnp.where(valid[:, :, None], vv, jnp.zeros((), v.dtype))
-        qc = q.astype(kk.dtype)
-        s = jnp.einsum("hd,hbd->hb", qc, kk, preferred_element_type=jnp.float32) * scale
-        p = attention_probs(s, valid, adaptive_temperature=adaptive_temperature)
-        o = jnp.einsum("hb,hbd->hd", p.astype(vv.dtype), vv, preferred_element_type=jnp.float32)
-    return o.astype(out_dtype)
+        return gathered_attention(
+            q, k, v, indices, valid, scale=scale, gqa_mapping=gqa_mapping,
+            probs=lambda s, mask: attention_probs(s, mask, adaptive_temperature=adaptive_temperature),
+        )  # fmt: skip
+    # Per-head sets; invalid entries' values are zeroed as gathered_attention does (0 * NaN).
+    valid = valid.astype(bool)
+    kvh = jnp.asarray(kv_head_of(hq, k.shape[1], gqa_mapping))[:, None]
+    kk, vv = k[indices, kvh], v[indices, kvh]  # [Hq, B, d]
+    vv = jnp.where(valid[:, :, None], vv, jnp.zeros((), v.dtype))
+    s = jnp.einsum("hd,hbd->hb", q.astype(kk.dtype), kk, preferred_element_type=jnp.float32)
+    p = attention_probs(s * scale, valid, adaptive_temperature=adaptive_temperature)
+    o = jnp.einsum("hb,hbd->hd", p.astype(vv.dtype), vv, preferred_element_type=jnp.float32)
+    return o.astype(jnp.result_type(q.dtype, v.dtype))
 
 
 def dense_attention(

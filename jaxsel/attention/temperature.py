@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsel.attention._common import masked_softmax
+from pallas_kernels._xla_math import masked_softmax
 
 BETA_POLY = (-0.037, 0.481, -2.3, 4.917, -1.791)
 ENTROPY_THRESHOLD = 0.5

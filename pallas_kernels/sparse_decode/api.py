@@ -9,11 +9,7 @@ import jax
 
 from pallas_kernels import _checks, _compat, _dispatch
 from pallas_kernels.sparse_decode.config import BlockSizes
-from pallas_kernels.sparse_decode.reference import (
-    check_indices,
-    resolve_scale,
-    sparse_decode_attention_reference,
-)
+from pallas_kernels.sparse_decode.reference import sparse_decode_attention_reference
 
 
 def _xla(q, k, v, indices, valid, *, scale, gqa_mapping, block_sizes, interpret):
@@ -28,7 +24,7 @@ def _mosaic_tpu(q, k, v, indices, valid, *, scale, gqa_mapping, block_sizes, int
 
     bs = block_sizes or BlockSizes.get_default(b=indices.shape[0], hkv=k.shape[1])
     return sparse_decode_pallas(
-        q, k, v, indices, valid, scale=resolve_scale(scale, q.shape[-1]),
+        q, k, v, indices, valid, scale=_checks.resolve_scale(scale, q.shape[-1]),
         gqa_mapping=gqa_mapping, block_sizes=bs, interpret=interpret,
     )  # fmt: skip
 
@@ -41,7 +37,7 @@ def _mosaic_gpu(q, k, v, indices, valid, *, scale, gqa_mapping, block_sizes, int
     _mgpu.require_gpu(interp, "sparse_decode_attention")
     bs = block_sizes or mosaic_gpu.default_block_sizes(indices.shape[0], q.shape[-1])
     return mosaic_gpu.sparse_decode_mosaic_gpu(
-        q, k, v, indices, valid, scale=resolve_scale(scale, q.shape[-1]),
+        q, k, v, indices, valid, scale=_checks.resolve_scale(scale, q.shape[-1]),
         gqa_mapping=gqa_mapping, block_sizes=bs, interpret=interpret,
     )  # fmt: skip
 
@@ -91,7 +87,7 @@ def sparse_decode_attention(
     _checks.check_qk(q, k)
     if jax.numpy.shape(v) != jax.numpy.shape(k):
         raise ValueError(f"v must have k's shape [N, Hkv, d]: {k.shape=}, {v.shape=}")
-    check_indices(indices, valid)
+    _checks.check_indices(indices, valid)
     _checks.check_gqa_mapping(gqa_mapping)
     return _dispatch.dispatch(
         "sparse_decode_attention", _IMPLS, implementation, q, k, v, indices, valid, scale=scale,

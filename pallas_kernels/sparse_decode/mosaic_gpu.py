@@ -12,14 +12,13 @@ softmax statistics on registers, ``P`` (cast to v's dtype) stored to SMEM, ``O =
 and TMA copies of ``o, m, l`` back to HBM. The gather writes keys already transposed, so no
 transposed ref is needed (the CPU interpreter cannot run wgmma on one).
 
-Tested: the kernel runs in the Mosaic GPU interpreter (``interpret=True`` / ``"gpu"``) on jax
-0.10.2 and 0.12 and matches the reference; it lowers for CUDA (``lowering_platforms=("cuda",)``,
-which runs Mosaic GPU layout inference) on a CPU-only machine; compiled on an H200 (jax 0.11.2,
-2026-11-26) it matches a float64 NumPy attention at Hq = 32, Hkv = 8, d = 128, B = 2688, bf16
-(relative error 2.9e-3 against ``xla`` at N = 128K..1M: ``P`` is rounded to bf16 before ``P V``).
-Speed there: 0.13-0.18 ms against 0.11-0.14 ms for ``xla`` (0.74-0.87x), so ``implementation=None``
-keeps ``xla`` (``results/gpu/README.md``). On the device, f32 caches are refused
-(``NotImplementedError``: wgmma would multiply them as tf32); the interpreter runs f32 exactly.
+Checked in the Mosaic GPU interpreter (``interpret=True`` / ``"gpu"``), by lowering for CUDA
+(``lowering_platforms=("cuda",)``, which runs Mosaic GPU layout inference) on a CPU-only machine,
+and compiled on a Hopper GPU against a float64 NumPy attention (``P`` is rounded to bf16 before
+``P V``, so it differs from ``xla`` by about bf16's precision). It measured slower than ``xla``
+there, so ``implementation=None`` keeps ``xla`` (``results/gpu/README.md``). On the device, f32
+caches are refused (``NotImplementedError``: wgmma would multiply them as tf32); the interpreter
+runs f32 exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels import _checks, _mgpu
+from pallas_kernels import _mgpu, _xla_math
 from pallas_kernels.sparse_decode.config import BlockSizes
 from pallas_kernels.sparse_decode.mosaic_tpu import combine_splits
 
@@ -128,7 +127,7 @@ def sparse_decode_mosaic_gpu(
     kt = jnp.transpose(k[idx], (1, 2, 0))  # [Hkv, d, b_pad]: one gather, written transposed
     # Zero invalid values: they may be padding slots holding anything, and 0 * NaN = NaN.
     vg = jnp.where(ok[:, None, None], v[idx], jnp.zeros((), v.dtype)).transpose(1, 0, 2)
-    qg = _checks.group_queries(q.astype(k.dtype), hkv, gqa_mapping)  # [Hkv, G, d]
+    qg = _xla_math.group_queries(q.astype(k.dtype), hkv, gqa_mapping)  # [Hkv, G, d]
     qg = jnp.pad(qg, ((0, 0), (0, M - g), (0, 0)))  # wgmma's M = 64 rows; extra rows are zeros
     f32 = jnp.float32
     o, m, l = _mgpu.kernel(
@@ -154,7 +153,7 @@ def sparse_decode_mosaic_gpu(
         interpret=interp,
     )(qg, kt, vg, ok.astype(f32))
     out = combine_splits(m[:, :, :g, None], l[:, :, :g, None], o[:, :, :g])  # [Hkv, G, d]
-    return _checks.ungroup_heads(out, gqa_mapping).astype(jnp.result_type(q.dtype, v.dtype))
+    return _xla_math.ungroup_heads(out, gqa_mapping).astype(jnp.result_type(q.dtype, v.dtype))
 
 
 def _smem(shape: tuple[int, ...], dtype: Any) -> Any:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels import _checks, _compat
+from pallas_kernels import _compat, _xla_math
 from pallas_kernels.sparse_decode.config import BlockSizes
 
 
@@ -66,7 +66,7 @@ def sparse_decode_pallas(
     kg = k[idx].reshape(b_pad, hkv * d)
     # Zero invalid values: they may be padding slots holding anything, and 0 * NaN = NaN.
     vg = jnp.where(ok[0, :, None, None] > 0, v[idx], jnp.zeros((), v.dtype)).reshape(b_pad, hkv * d)
-    qg = _checks.group_queries(q, hkv, gqa_mapping)
+    qg = _xla_math.group_queries(q, hkv, gqa_mapping)
     interp = _compat.resolve_interpret(interpret)
     m, l, o = pl.pallas_call(
         functools.partial(_split_kernel, scale=scale),
@@ -92,7 +92,7 @@ def sparse_decode_pallas(
         name="sparse_decode_split",
     )(qg, kg, vg, ok)
     out = combine_splits(m, l, o)  # [Hkv, G, d]
-    return _checks.ungroup_heads(out, gqa_mapping).astype(jnp.result_type(q.dtype, v.dtype))
+    return _xla_math.ungroup_heads(out, gqa_mapping).astype(jnp.result_type(q.dtype, v.dtype))
 
 
 def combine_splits(m: jax.Array, l: jax.Array, o: jax.Array) -> jax.Array:

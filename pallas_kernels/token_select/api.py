@@ -9,16 +9,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels import _checks, _compat, _dispatch
+from pallas_kernels import _checks, _compat, _dispatch, _xla_math
 from pallas_kernels.token_select.config import BlockSizes
-from pallas_kernels.token_select.reference import (
-    assemble,
-    budgeted,
-    candidates,
-    rank_votes,
-    soft_votes_reference,
-    token_select_reference,
-)
+from pallas_kernels.token_select.reference import token_select_reference
 from pallas_kernels.topk.api import topk_set
 
 
@@ -38,25 +31,14 @@ def _xla(
     interpret: Any,
 ) -> tuple[jax.Array, jax.Array]:
     del block_sizes, interpret
-    if axis_name is None:
-        return token_select_reference(
-            q, k, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, scale=scale,
-            vote_pool=vote_pool, gqa_mapping=gqa_mapping,
-        )  # fmt: skip
-    n = k.shape[0]
-
-    def votes_fn(kv: Any) -> jax.Array:
-        v = soft_votes_reference(
-            q, k, kv, n_sink=n_sink, n_local=n_local, scale=scale, gqa_mapping=gqa_mapping
-        )
-        return lax.psum(v, axis_name)
-
-    return _select(votes_fn, n, kv_len, top_k, n_sink, n_local, vote_pool, "xla", None, False)
+    return token_select_reference(
+        q, k, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, scale=scale,
+        vote_pool=vote_pool, gqa_mapping=gqa_mapping, axis_name=axis_name,
+    )  # fmt: skip
 
 
 def _select(
     votes_fn: Callable[[Any], jax.Array],
-    n: int,
     kv_len: Any,
     top_k: int,
     n_sink: int,
@@ -66,20 +48,17 @@ def _select(
     topk_blocks: Any,
     interpret: Any,
 ) -> tuple[jax.Array, jax.Array]:
-    budget = n_sink + top_k + n_local
+    """The Pallas backends' selection: their votes, then the ``topk_impl`` radix select."""
 
-    def sparse() -> tuple[jax.Array, jax.Array]:
-        middle = None
-        if top_k > 0:
-            cand = candidates(n, kv_len, n_sink=n_sink, n_local=n_local)
-            ranked = rank_votes(votes_fn(kv_len), cand, vote_pool)
-            middle = topk_set(
-                ranked, top_k, implementation=topk_impl, block_sizes=topk_blocks,
-                interpret=interpret,
-            )  # fmt: skip
-        return assemble(middle, kv_len, n_sink=n_sink, n_local=n_local)
+    def topk(ranked: jax.Array, k: int) -> jax.Array:
+        return topk_set(
+            ranked, k, implementation=topk_impl, block_sizes=topk_blocks, interpret=interpret
+        )
 
-    return budgeted(kv_len, budget, sparse, use_cond=interpret in (False, True))
+    return _xla_math.select_by_votes(
+        votes_fn, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, vote_pool=vote_pool,
+        topk_set=topk, use_cond=interpret in (False, True),
+    )  # fmt: skip
 
 
 def _mosaic_tpu(
@@ -111,7 +90,7 @@ def _mosaic_tpu(
         return v if axis_name is None else lax.psum(v, axis_name)
 
     return _select(
-        votes_fn, n, kv_len, top_k, n_sink, n_local, vote_pool, "mosaic_tpu", bs.topk, interpret
+        votes_fn, kv_len, top_k, n_sink, n_local, vote_pool, "mosaic_tpu", bs.topk, interpret
     )
 
 
@@ -153,9 +132,7 @@ def mosaic_gpu_select(
 
     # Top-k over the votes: the plain-JAX radix select (no GPU top-k kernel yet).
     topk_blocks = None if block_sizes is None else block_sizes.topk
-    return _select(
-        votes_fn, n, kv_len, top_k, n_sink, n_local, vote_pool, "xla", topk_blocks, interp
-    )
+    return _select(votes_fn, kv_len, top_k, n_sink, n_local, vote_pool, "xla", topk_blocks, interp)
 
 
 _IMPLS: dict[str, Callable[..., Any]] = {"xla": _xla}
@@ -211,13 +188,10 @@ def token_select(
     Returns:
       ``(indices [B] int32 ascending, valid [B] bool)``.
     """
-    _checks.check_qk(q, k)
-    _checks.check_gqa_mapping(gqa_mapping)
-    n = k.shape[0]
-    kv_len = _checks.check_kv_len(kv_len, n)
-    _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=n)
-    if not isinstance(vote_pool, int) or vote_pool < 1:
-        raise ValueError(f"vote_pool must be an int >= 1, got {vote_pool=}")
+    kv_len, _ = _checks.check_select(
+        q, k, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, vote_pool=vote_pool,
+        gqa_mapping=gqa_mapping,
+    )  # fmt: skip
     return _dispatch.dispatch(
         "token_select", _IMPLS, implementation, q, k, kv_len, top_k=top_k, n_sink=n_sink,
         n_local=n_local, scale=scale, vote_pool=vote_pool, gqa_mapping=gqa_mapping,

@@ -20,15 +20,12 @@ vote ``vote[j] = sum_h exp(s_h[j] - M_h) / L_h`` is one fused XLA pass over the 
 (``4 Hq N`` bytes, 1/16 of the bf16 K bytes at Hq=32, Hkv=8, d=128), and the exact top-k over the
 votes is the plain-JAX radix select (:func:`pallas_kernels.topk_set`, ``"xla"``).
 
-Tested: the kernel in the Mosaic GPU interpreter on jax 0.10.2 and 0.12 (identical indices to
-the reference; there step 2's ``Q K^T`` is a ``lax.dot_general`` on the same SMEM contents, because
-the interpreter cannot run wgmma on a transposed ref), its CUDA lowering on a CPU-only machine, and
-compiled on an H200 (jax 0.11.2, 2026-11-26): identical indices to the reference at N = 64K with
-Hq = 32, Hkv = 8, d = 128, bf16, and to ``xla`` at 128K / 512K / 1M (``scripts/device_check.sh``,
-at ``block_kv`` = 256, the default then). Speed there: the scoring pass is 0.55-0.89x as fast as
-XLA's fused einsum + softmax at the 256 default and 0.78x at the 64 default (1.13 vs 0.89 ms at
-1M), so ``implementation=None`` keeps ``xla`` (``results/gpu/README.md``). f32 caches are refused
-on the device (``NotImplementedError``: wgmma would multiply them as tf32).
+Checked in the Mosaic GPU interpreter (there step 2's ``Q K^T`` is a ``lax.dot_general`` on the
+same SMEM contents, because the interpreter cannot run wgmma on a transposed ref), by its CUDA
+lowering on a CPU-only machine, and compiled on a Hopper GPU by ``scripts/device_check.sh``; it
+measured slower than ``xla`` there, so ``implementation=None`` keeps ``xla``
+(``results/gpu/README.md``). f32 caches are refused on the device (``NotImplementedError``: wgmma
+would multiply them as tf32).
 """
 
 from __future__ import annotations
@@ -41,8 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels import _checks, _mgpu
-from pallas_kernels.token_select.reference import candidates
+from pallas_kernels import _mgpu, _xla_math
 
 M = _mgpu.WGMMA_M
 
@@ -82,10 +78,10 @@ def _score_kernel(
 def default_block_kv(n: int, d: int) -> int:
     """K tiles of 64 tokens.
 
-    Measured on an H200 at N = 1M, d = 128 (``results/gpu/bench_kernel_variants.json``): 64 / 128 /
-    256 tokens per block take 1.13 / 1.20 / 1.47 ms. A block's SMEM (the 64-row query group, the K
-    tile and the f32 ``[64, block_kv]`` scores) is ~49 KiB at 64, so 4 blocks share an SM and their
-    TMA loads overlap each other's compute; at 256 (~145 KiB) one block per SM loads, then computes.
+    The fastest of 64 / 128 / 256 (``results/gpu/README.md``): a block's SMEM (the 64-row query
+    group, the K tile and the f32 ``[64, block_kv]`` scores) is ~49 KiB at 64, so 4 blocks share an
+    SM and their TMA loads overlap each other's compute; at 256 (~145 KiB) one block per SM loads,
+    then computes.
     """
     del n, d
     return 64
@@ -120,8 +116,8 @@ def soft_votes_mosaic_gpu(
     if n % 8 and not interp:
         # TMA tiles K's (N, d) dims by (8, swizzle) once the head index is squeezed out.
         raise NotImplementedError(f"mosaic_gpu: the cache length {n=} must be a multiple of 8")
-    cand = candidates(n, kv_len, n_sink=n_sink, n_local=n_local)
-    qg = _checks.group_queries(q.astype(k.dtype), hkv, gqa_mapping)  # [Hkv, G, d]
+    cand = _xla_math.middle_candidates(n, kv_len, n_sink=n_sink, n_local=n_local)
+    qg = _xla_math.group_queries(q.astype(k.dtype), hkv, gqa_mapping)  # [Hkv, G, d]
     n_tiles = n // block_kv
     n_full = n_tiles * block_kv
     f32 = jnp.float32
@@ -163,9 +159,9 @@ def soft_votes_mosaic_gpu(
         parts_s.append(st)
         parts_m.append(mt)
         parts_l.append(jnp.sum(jnp.exp(st - mt_safe), axis=-1, keepdims=True))
-    s = _checks.ungroup_heads(jnp.concatenate(parts_s, -1), gqa_mapping)  # [Hq, N]
-    m_t = _checks.ungroup_heads(jnp.concatenate(parts_m, -1), gqa_mapping)  # [Hq, tiles]
-    l_t = _checks.ungroup_heads(jnp.concatenate(parts_l, -1), gqa_mapping)
+    s = _xla_math.ungroup_heads(jnp.concatenate(parts_s, -1), gqa_mapping)  # [Hq, N]
+    m_t = _xla_math.ungroup_heads(jnp.concatenate(parts_m, -1), gqa_mapping)  # [Hq, tiles]
+    l_t = _xla_math.ungroup_heads(jnp.concatenate(parts_l, -1), gqa_mapping)
     big_m = jnp.max(m_t, axis=1, keepdims=True)
     big_m = jnp.where(big_m == -jnp.inf, 0.0, big_m)
     big_l = jnp.sum(l_t * jnp.exp(m_t - big_m), axis=1, keepdims=True)

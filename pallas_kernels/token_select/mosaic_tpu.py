@@ -25,6 +25,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _compat
+from pallas_kernels._xla_math import group_queries, ungroup_heads
 from pallas_kernels.token_select.config import BlockSizes
 
 
@@ -106,8 +107,6 @@ def ranked_votes_pallas(
     interpret: Any = False,
 ) -> jax.Array:
     """``[N]`` f32 votes ready for the top-k: candidates' soft votes, ``-inf`` elsewhere."""
-    from pallas_kernels._checks import group_queries, ungroup_heads
-
     hq, d = q.shape
     n, hkv, _ = k.shape
     g = hq // hkv
