@@ -9,6 +9,9 @@ Areas (one subpackage each, imported lazily so ``import jaxsel`` stays cheap):
 - :mod:`jaxsel.pool` -- SoftPool exponentially weighted pooling.
 - :mod:`jaxsel.diffusion` -- SVDD and FK steering of diffusion models.
 
+:mod:`jaxsel.utils` (import it directly) holds the infrastructure the areas and scripts share: orbax
+checkpoints, fast-compile options, config dataclasses as command-line flags, headless plots.
+
 Pallas kernels for the attention hot path live in the sibling top-level package ``pallas_kernels``.
 """
 

@@ -26,7 +26,6 @@ budget.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -38,6 +37,7 @@ import numpy as np
 
 from jaxsel._bench import format_table, write_json
 from jaxsel.rl import envs, sac
+from jaxsel.utils import flag, parse_config, pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,46 +51,17 @@ class Args:
     batch_size: int = 256
     seeds: tuple[int, ...] = (1, 8)
     eval_episodes: int = 10
-    repeats: int = 2
-    sbx_python: str = ".venv-sbx/bin/python"  # a relative path is taken from the repository root
-    peers: tuple[str, ...] = ("jaxsel", "rejax")
+    repeats: int = flag(2, "timed runs per library (interleaved)")
+    sbx_python: str = flag(
+        ".venv-sbx/bin/python",
+        "sbx venv's python, relative to the repository root unless absolute; '' to skip sbx",
+    )
+    peers: tuple[str, ...] = flag(("jaxsel", "rejax"), choices=("jaxsel", "rejax"))
     out: str = "results/sac"
 
 
 def parse_args() -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--total-timesteps", type=int, default=Args.total_timesteps)
-    p.add_argument("--learning-starts", type=int, default=Args.learning_starts)
-    p.add_argument("--hidden", type=int, nargs="+", default=list(Args.hidden))
-    p.add_argument("--lr", type=float, default=Args.lr)
-    p.add_argument("--batch-size", type=int, default=Args.batch_size)
-    p.add_argument("--seeds", type=int, nargs="+", default=list(Args.seeds))
-    p.add_argument("--eval-episodes", type=int, default=Args.eval_episodes)
-    p.add_argument(
-        "--repeats", type=int, default=Args.repeats, help="timed runs per library (interleaved)"
-    )
-    p.add_argument(
-        "--sbx-python",
-        type=str,
-        default=Args.sbx_python,
-        help="sbx venv's python, relative to the repository root unless absolute; '' to skip sbx",
-    )
-    p.add_argument("--peers", nargs="+", default=list(Args.peers), choices=["jaxsel", "rejax"])
-    p.add_argument("--out", type=str, default=Args.out)
-    a = p.parse_args()
-    return Args(
-        a.total_timesteps,
-        a.learning_starts,
-        tuple(a.hidden),
-        a.lr,
-        a.batch_size,
-        tuple(a.seeds),
-        a.eval_episodes,
-        a.repeats,
-        a.sbx_python,
-        tuple(a.peers),
-        a.out,
-    )
+    return parse_config(Args, description=__doc__)
 
 
 def deterministic_returns(policy, key: jax.Array, episodes: int) -> jax.Array:
@@ -275,12 +246,7 @@ def run_sbx(args: Args, out: Path, curves: dict) -> list[dict]:
 
 
 def _plot(path: Path, rows, curves) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2) = pyplot().subplots(1, 2, figsize=(10, 4))
     labels = [f"{r['library'].split(' ')[0]} x{r['seeds']}" for r in rows]
     ax1.bar(
         labels,
@@ -297,8 +263,7 @@ def _plot(path: Path, rows, curves) -> None:
     ax2.set_ylabel("final deterministic return (per seed)")
     ax2.set_title("Pendulum-v1, same budget")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120, tight=False)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ pooling, several seeds trained at once with ``vmap``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -26,7 +25,6 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 from tqdm import tqdm
 
@@ -34,9 +32,7 @@ from jaxsel._bench import format_table, time_fn, write_json
 from jaxsel.hebb import data as hebb_data
 from jaxsel.pool import soft_pool
 from jaxsel.pool.cnn import CNNConfig, Data, make_train
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from jaxsel.utils import parse_config, pyplot, save_figure
 
 SHAPES = {  # channels-last versions of the authors' (N, C, *spatial) profiling shapes
     "1d": (10, 80, 32),
@@ -68,16 +64,7 @@ class Config:
 
 
 def parse() -> Config:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for f in dataclasses.fields(Config):
-        if f.type == "bool":
-            p.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
-        else:
-            typ = {"int": int, "str": str}[f.type]
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=typ, default=f.default)
-    return Config(**vars(p.parse_args()))
+    return parse_config(Config, description=__doc__)
 
 
 def methods(window: tuple[int, ...], strides: tuple[int, ...], padding: str) -> dict:
@@ -199,6 +186,7 @@ def bench_accuracy(cfg: Config) -> list[dict]:
 
 
 def plot(speed: list[dict], acc: list[dict], out: Path, suffix: str) -> None:
+    plt = pyplot()
     if speed:
         cases = list(dict.fromkeys((r["shape"], r["window"]) for r in speed))
         names = list(dict.fromkeys(r["method"] for r in speed))
@@ -225,8 +213,7 @@ def plot(speed: list[dict], acc: list[dict], out: Path, suffix: str) -> None:
             ax.set_title(f"{title} (CPU, {jax.devices()[0].platform})")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / f"bench_softpool_speed{suffix}.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / f"bench_softpool_speed{suffix}.png", dpi=120, tight=False)
     if acc:
         datasets = list(dict.fromkeys(r["data"] for r in acc))
         fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 4), squeeze=False)
@@ -242,8 +229,7 @@ def plot(speed: list[dict], acc: list[dict], out: Path, suffix: str) -> None:
             ax.set_ylim(max(0.0, lo - 0.02), 1.0)
             ax.set_title(f"{d}: test accuracy, {rs[0]['seeds']} seeds")
         fig.tight_layout()
-        fig.savefig(out / f"bench_softpool_accuracy{suffix}.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / f"bench_softpool_accuracy{suffix}.png", dpi=120, tight=False)
 
 
 SPEED_COLUMNS = [

@@ -26,669 +26,89 @@ the chain), samples/s and compile time apart.
 
 from __future__ import annotations
 
-import argparse
-import time
-from functools import partial
+import dataclasses
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from tqdm import tqdm
-
 from jaxsel import _bench
-from jaxsel import diffusion as D
-from jaxsel.diffusion import toys, train
-from jaxsel.diffusion.metrics import sliced_w1_to_gmm
-
-OUT = Path("results/diffusion")
-GMM_W = jnp.array([1.0, 0.5])
-CHUNK = 64  # outputs per compiled call
-
-
-# ------------------------------------------------------------------------------------ metrics
-
-
-def mean_pairwise_distance(x: np.ndarray) -> float:
-    x = x.reshape(len(x), -1).astype(np.float64)
-    d = np.sqrt(np.maximum(((x[:, None] - x[None]) ** 2).sum(-1), 0.0))
-    return float(d.sum() / (len(x) * (len(x) - 1)))
-
-
-def hamming_diversity(x: np.ndarray) -> float:
-    return float((x[:, None] != x[None]).mean(-1).sum() / (len(x) * (len(x) - 1)))
-
-
-# ------------------------------------------------------------------------------------ methods
-
-
-def svdd_r_shape(n: int) -> tuple[int, int]:
-    """(chains, candidates) with chains x candidates = n: 4 candidates per chain from n = 8 on."""
-    m = 4 if n >= 8 else max(n // 2, 1)
-    return n // m, m
-
-
-def methods(lam: float, *, values=None, soft_value=None):
-    """name -> (budget n -> function(key, params, process, reward) -> SteeringResult).
-
-    Every method is configured to target exp(lam r) p where its theory allows: softmax / SVDD
-    temperature alpha = 1 / lam, FK / SMC potentials with lam. ``best_of_n`` (argmax) and
-    ``svdd_pm_argmax`` (alpha = 0, the SVDD authors' default) do not depend on lam at all.
-    ``values`` maps SVDD-MC method names to regressed (value_fn, value_params).
-    """
-    alpha = 1.0 / lam
-
-    def svdd_r(n):
-        c, m = svdd_r_shape(n)
-        return partial(D.svdd, num_candidates=m, num_chains=c, alpha=alpha, batch_resample_lam=lam)
-
-    def svdd_value(vfn, vparams):
-        return lambda n: partial(
-            D.svdd, num_candidates=n, alpha=alpha, value_fn=vfn, value_params=vparams
-        )
-
-    m = {
-        "best_of_n": lambda n: partial(D.best_of_n, num_samples=n),
-        "bon_softmax": lambda n: partial(D.best_of_n, num_samples=n, alpha=alpha),
-        "svdd_pm": lambda n: partial(D.svdd, num_candidates=n, alpha=alpha),
-        "svdd_pm_argmax": lambda n: partial(D.svdd, num_candidates=n, alpha=0.0),
-        "svdd_r": svdd_r,
-        "fk_diff_ess": lambda n: partial(D.fk_steering, num_particles=n, lam=lam, adaptive=True),
-        "smc": lambda n: partial(D.smc, num_particles=n, lam=lam),
-    }
-    for name, (vfn, vparams) in (values or {}).items():
-        m[name] = svdd_value(vfn, vparams)
-    if soft_value is not None:  # oracle: the exact soft value SVDD's theory asks for
-        m["svdd_exact_soft_value"] = svdd_value(*soft_value)
-    return m
-
-
-def run_model(
-    name,
-    params,
-    process,
-    reward_fn,
-    *,
-    lam,
-    budgets,
-    seeds,
-    num_runs,
-    metric_fn,
-    method_names=None,
-    values=None,
-    soft_value=None,
-    skip_n1=False,
-):
-    """Runs every method x budget x seed; returns rows and, per method, the n=16 samples of seed 0."""
-    rows, keep = [], {}
-    ms = methods(lam, values=values, soft_value=soft_value)
-    if method_names:
-        ms = {k: v for k, v in ms.items() if k in method_names}
-    bar = tqdm(total=len(ms) * len(budgets), desc=name)
-    for mname, make in ms.items():
-        for n in budgets:
-            if n == 1 and skip_n1 and mname != "best_of_n":
-                bar.update()  # one particle/candidate is the unsteered sampler: measured once
-                continue
-            fn = make(n)
-            run = jax.jit(jax.vmap(lambda k, fn=fn: fn(k, params, process, reward_fn)))
-            # XLA:CPU compile time grows with the vmapped batch: compile one chunk, call it often
-            chunk = min(num_runs, CHUNK)
-            if num_runs % chunk:
-                raise ValueError(f"runs ({num_runs}) must be a multiple of {chunk}")
-            t0 = time.perf_counter()
-            compiled = run.lower(jax.random.split(jax.random.key(0), chunk)).compile()
-            compile_s = time.perf_counter() - t0
-            for seed in range(seeds):
-                keys = jax.random.split(jax.random.key(1000 + seed), num_runs)
-                t0 = time.perf_counter()
-                parts = [compiled(kb) for kb in keys.reshape(num_runs // chunk, chunk)]
-                res = jax.block_until_ready(jax.tree.map(lambda *a: jnp.concatenate(a), *parts))
-                wall = time.perf_counter() - t0
-                x = np.asarray(res.sample)
-                r = np.asarray(jax.vmap(reward_fn)(res.sample))
-                row = {
-                    "model": name,
-                    "method": mname,
-                    "n": n,
-                    "seed": seed,
-                    "denoiser_calls": float(np.mean(res.denoiser_calls)),
-                    "reward_calls": float(np.mean(res.reward_calls)),
-                    "value_calls": float(np.mean(res.value_calls)),
-                    "lam": lam,
-                    "reward_median": float(np.median(r)),
-                    "reward_top10": float(np.quantile(r, 0.9)),
-                    "reward_mean": float(np.mean(r)),
-                    "samples_per_s": num_runs / wall,
-                    "compile_s": compile_s,
-                    **metric_fn(x, seed),
-                }
-                rows.append(row)
-                if seed == 0 and n <= 16:  # budgets ascend: keeps the largest n <= 16
-                    keep[mname] = (n, x)
-            bar.update()
-    bar.close()
-    return rows, keep
-
-
-def summarise(rows):
-    """Median over seeds of every numeric column, per (model, method, n)."""
-    out = {}
-    for r in rows:
-        out.setdefault((r["model"], r["method"], r["n"]), []).append(r)
-    summary = []
-    for (model, method, n), rs in out.items():
-        s = {"model": model, "method": method, "n": n, "seeds": len(rs)}
-        for k, v in rs[0].items():
-            if isinstance(v, float):
-                s[k] = float(np.median([x[k] for x in rs]))
-        summary.append(s)
-    return summary
-
-
-DISTANCES = ("sliced_w1_to_target", "kl_count_hist")
-
-
-def seed_counts(rows, baseline: str = "best_of_n") -> dict:
-    """Per model and budget: for how many seeds each method is closer to the exact target than
-    ``baseline`` with the same seed and budget ("method": "wins/seeds")."""
-    by = {(r["model"], r["method"], r["n"], r["seed"]): r for r in rows}
-    out: dict = {}
-    for (model, method, n, seed), r in sorted(by.items()):
-        base = by.get((model, baseline, n, seed))
-        dist = next((d for d in DISTANCES if d in r), None)
-        if method == baseline or base is None or dist is None:
-            continue
-        wins, total = out.setdefault(f"{model} n={n}", {}).get(method, (0, 0))
-        out[f"{model} n={n}"][method] = (wins + int(r[dist] < base[dist]), total + 1)
-    return {k: {m: f"{w}/{t}" for m, (w, t) in v.items()} for k, v in out.items()}
-
-
-# ------------------------------------------------------------------------------------ models
-
-
-def gmm_setup(learned: bool, lam: float, num_steps: int):
-    gmm = toys.default_gmm()
-    sched = D.vp_schedule(num_steps)
-    if learned:
-        params = train.load_asset("gmm_mlp")
-        proc = D.vp_process(train.mlp_apply, sched, (2,))
-    else:
-        params, proc = gmm, D.vp_process(toys.gmm_denoiser, sched, (2,))
-    target = toys.gmm_tilt_linear(gmm, GMM_W, lam)
-
-    def metric_fn(x, seed):
-        lp = np.asarray(jax.vmap(lambda v: toys.gmm_log_prob(gmm, v))(jnp.asarray(x)))
-        return {
-            "sliced_w1_to_target": sliced_w1_to_gmm(x, target),
-            "naturalness_logp": float(np.mean(lp)),
-            "diversity": mean_pairwise_distance(x),
-        }
-
-    # SVDD-MC value nets from scripts/train_diffusion_toys.py, on rollouts of this model's sampler
-    prefix = "gmm" if learned else "gmm_exact"
-    values, soft_value = {}, None
-    for mname, asset, apply in (
-        ("svdd_mc", f"{prefix}_value", train.scalar_mlp_apply),
-        ("svdd_mc_soft", f"{prefix}_soft_value_lam{lam:g}", train.two_mlp_apply),
-    ):
-        try:
-            values[mname] = (train.value_fn_from(apply, num_steps), train.load_asset(asset))
-        except FileNotFoundError:
-            print(f"no {asset} weights: {mname} skipped")
-    if not learned:
-
-        def soft(g, x, n):
-            return toys.gmm_soft_value_linear(g, x, sched.alpha_bars[n], GMM_W, lam)
-
-        soft_value = (soft, gmm)
-    return params, proc, toys.linear_reward(GMM_W), metric_fn, target, values, soft_value
-
-
-def gmm_noise_floor(target, num: int, seeds: int) -> float:
-    """Median sliced W1 of ``num`` exact target draws: the best any sampler can score."""
-    return float(
-        np.median(
-            [
-                sliced_w1_to_gmm(
-                    np.asarray(toys.gmm_sample(jax.random.key(900 + s), target, num)), target
-                )
-                for s in range(seeds)
-            ]
-        )
-    )
-
-
-def chain_setup(learned: bool, lam: float, num_steps: int, length: int):
-    chain = toys.default_chain()
-    V = chain.init.shape[0]
-    token = 2
-    reward = toys.token_count_reward(token)
-    if learned:
-        params = train.load_asset("chain_transformer")
-        proc = D.masked_process(train.transformer_apply, num_steps, length, V)
-    else:
-        params, proc = chain, D.masked_process(toys.chain_denoiser, num_steps, length, V)
-    seqs, logq = toys.chain_tilted_log_probs(chain, length, reward, lam)
-    q = np.exp(np.asarray(logq))
-    counts = (seqs == token).sum(1)
-    q_count = np.bincount(counts, weights=q, minlength=length + 1)
-
-    def metric_fn(x, seed):
-        idx = np.asarray(toys.sequence_index(jnp.asarray(x), V))
-        emp = np.bincount(idx, minlength=V**length) / len(idx)
-        lp = np.asarray(jax.vmap(lambda s: toys.chain_log_prob(chain, s))(jnp.asarray(x)))
-        c = np.bincount((x == token).sum(1), minlength=length + 1) / len(x)
-        # KL(target || samples) on the reward histogram (smoothed) and TV on whole sequences
-        eps = 1e-3
-        kl = float(
-            np.sum(
-                q_count * (np.log(q_count + 1e-12) - np.log((c + eps) / (1 + eps * (length + 1))))
-            )
-        )
-        return {
-            "kl_count_hist": kl,
-            "tv_sequences": float(0.5 * np.abs(emp - q).sum()),
-            "naturalness_logp": float(np.mean(lp)),
-            "diversity": hamming_diversity(x),
-        }
-
-    return params, proc, reward, metric_fn
-
-
-def digits_setup(num_steps: int, target_class: int):
-    from sklearn.mixture import GaussianMixture
-
-    params = train.load_asset("digits_mlp")
-    clf = train.load_asset("digits_classifier")
-    proc = D.vp_process(train.mlp_apply, D.vp_schedule(num_steps), (64,), clip=1.0)
-
-    def reward(x):  # black box: probability of the target class
-        return jax.nn.softmax(train.mlp_apply(clf, x, 0.0))[target_class]
-
-    x, _ = train.load_digits_scaled()
-    perm = np.random.default_rng(0).permutation(len(x))
-    held = x[perm[int(0.8 * len(x)) :]]
-    dens = GaussianMixture(10, covariance_type="diag", reg_covar=1e-2, random_state=0).fit(held)
-
-    def metric_fn(xs, seed):
-        return {
-            "naturalness_heldout_gmm_ll": float(
-                np.mean(dens.score_samples(xs.reshape(len(xs), -1)))
-            ),
-            "diversity": mean_pairwise_distance(xs),
-        }
-
-    return params, proc, reward, metric_fn
-
-
-# ------------------------------------------------------------------------------------ plots
-
-
-def plot_curves(summary, path: Path, metric: str = "reward_median"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = sorted(
-        m
-        for m in {s["model"] for s in summary}
-        if len({s["n"] for s in summary if s["model"] == m}) > 1
-    )
-    if not models:
-        return
-    extra = {
-        "a_gmm_exact": "sliced_w1_to_target",
-        "b_gmm_mlp": "sliced_w1_to_target",
-        "d_chain_exact": "kl_count_hist",
-        "d_chain_transformer": "kl_count_hist",
-        "c_digits": "naturalness_heldout_gmm_ll",
-    }
-    fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7), squeeze=False)
-    for j, model in enumerate(models):
-        for method in sorted({s["method"] for s in summary if s["model"] == model}):
-            ss = sorted(
-                (s for s in summary if s["model"] == model and s["method"] == method),
-                key=lambda s: s["denoiser_calls"],
-            )
-            calls = [s["denoiser_calls"] for s in ss]
-            axes[0, j].plot(calls, [s[metric] for s in ss], "o-", label=method)
-            m2 = extra.get(model)
-            if m2 and m2 in ss[0]:
-                axes[1, j].plot(calls, [s[m2] for s in ss], "o-", label=method)
-                axes[1, j].set_ylabel(m2)
-        axes[0, j].set_xscale("log")
-        axes[1, j].set_xscale("log")
-        axes[0, j].set_title(model)
-        axes[0, j].set_ylabel(metric)
-        axes[1, j].set_xlabel("denoiser calls per sample")
-        axes[0, j].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_lam_sweep(summary, floors, n: int, path: Path):
-    """Sliced W1 to the exact tilted target at budget n, per method and tilt lambda."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [s for s in summary if s["model"].startswith("a_gmm_exact") and s["n"] == n]
-    lams = sorted({s["lam"] for s in rows})
-    if not lams:  # no run at the sweep budget
-        return
-    meths = sorted({s["method"] for s in rows})
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    width = 0.8 / len(lams)
-    for i, lam in enumerate(lams):
-        vals = [
-            next(
-                (s["sliced_w1_to_target"] for s in rows if s["lam"] == lam and s["method"] == m), 0
-            )
-            for m in meths
-        ]
-        ax.bar(np.arange(len(meths)) + i * width, vals, width, label=f"lambda={lam:g}")
-    for f in floors.values():
-        ax.axhline(f, color="k", lw=0.5, ls=":")
-    ax.set_xticks(np.arange(len(meths)) + 0.4 - width / 2, meths, rotation=20, fontsize=7)
-    ax.set_ylabel(f"sliced W1 to exact target (n={n})")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_gmm_scatter(keep, target, path: Path, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ref = np.asarray(toys.gmm_sample(jax.random.key(5), target, 512))
-    names = list(keep)
-    fig, axes = plt.subplots(
-        1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.2), squeeze=False
-    )
-    axes = axes[0]
-    axes[0].scatter(ref[:, 0], ref[:, 1], s=3, c="k")
-    axes[0].set_title("exact tilted target")
-    for ax, nm in zip(axes[1:], names):
-        ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.8")
-        n, x = keep[nm]
-        ax.scatter(x[:, 0], x[:, 1], s=3)
-        ax.set_title(f"{nm} (n={n})")
-    for ax in axes:
-        ax.set_xlim(-5, 6)
-        ax.set_ylim(-5, 6)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_digits(keep, base, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = {"unsteered": base, **{f"{k} n={v[0]}": v[1] for k, v in keep.items()}}
-    fig, axes = plt.subplots(len(rows), 8, figsize=(8, 1.1 * len(rows)))
-    for i, (nm, xs) in enumerate(rows.items()):
-        for j in range(8):
-            axes[i, j].imshow(xs[j].reshape(8, 8), cmap="gray_r", vmin=-1, vmax=1)
-            axes[i, j].axis("off")
-        axes[i, 0].set_title(nm, fontsize=7, loc="left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------ main
+from jaxsel.diffusion import benchmark as B
+from jaxsel.utils import flag, parse_config
+
+COLUMNS = [
+    "model",
+    "method",
+    "n",
+    "denoiser_calls",
+    "reward_calls",
+    "value_calls",
+    "lam",
+    "reward_median",
+    "reward_mean",
+    "reward_top10",
+    "sliced_w1_to_target",
+    "tv_sequences",
+    "kl_count_hist",
+    "naturalness_logp",
+    "naturalness_heldout_gmm_ll",
+    "diversity",
+    "samples_per_s",
+    "compile_s",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(B.SteeringBenchConfig):
+    out: str = "results/diffusion"
+    tag: str = flag("", "output names bench_steering_<tag>.json (default: models)")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", type=str, default="a,b,c,d")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--budgets", type=str, default="1,2,4,8,16,32")
-    p.add_argument(
-        "--small-budgets",
-        type=str,
-        default="1,4,16,32",
-        help="budgets for the costlier models (b, c, d')",
-    )
-    p.add_argument("--runs", type=int, default=256, help="independent outputs per seed")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument(
-        "--lam", type=float, default=1.0, help="tilt for the GMM (target exp(lam w.x) p)"
-    )
-    p.add_argument(
-        "--lam-sweep",
-        type=str,
-        default="0.5,2",
-        help="extra GMM tilts for model (a), run at --sweep-budget only ('' to skip)",
-    )
-    p.add_argument("--sweep-budget", type=int, default=16)
-    p.add_argument(
-        "--a-methods",
-        type=str,
-        default="best_of_n,bon_softmax,svdd_pm,svdd_r,fk_diff_ess",
-        help="methods of the lambda = --lam curve on (a)",
-    )
-    p.add_argument(
-        "--sweep-methods",
-        type=str,
-        default="best_of_n,svdd_pm,fk_diff_ess",
-        help="methods of the extra tilts on (a)",
-    )
-    p.add_argument(
-        "--a-extra-methods",
-        type=str,
-        default="smc,svdd_pm_argmax,svdd_exact_soft_value",
-        help="methods run on (a) at --sweep-budget and lambda = --lam only",
-    )
-    p.add_argument("--gmm-runs", type=int, default=1024, help="independent outputs per seed on (a)")
-    p.add_argument("--chain-lam", type=float, default=1.0)
-    p.add_argument(
-        "--chain-models", type=str, default="exact,transformer", help="which (d) denoisers"
-    )
-    p.add_argument("--chain-length", type=int, default=6)
-    p.add_argument("--digit", type=int, default=3)
-    p.add_argument("--digits-lam", type=float, default=10.0)
-    p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument(
-        "--tag",
-        type=str,
-        default="",
-        help="output names bench_steering_<tag>.json (default: models)",
-    )
-    p.add_argument(
-        "--skip-n1",
-        action="store_true",
-        help="run n = 1 (the unsteered sampler) only for best_of_n",
-    )
-    p.add_argument(
-        "--small-methods",
-        type=str,
-        default="best_of_n,svdd_pm,svdd_mc,fk_diff_ess",
-        help="methods run on the costlier models (b, c, d')",
-    )
-    a = p.parse_args()
-    budgets = [int(b) for b in a.budgets.split(",")]
-    small = [int(b) for b in a.small_budgets.split(",")]
-    models = set(a.models.split(","))
-    small_methods = tuple(a.small_methods.split(","))
-    a.out.mkdir(parents=True, exist_ok=True)
-    all_rows = []
-    extra: dict = {}
+    cfg = parse_config(Config, description=__doc__)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = cfg.tag or "".join(sorted(cfg.model_set))
+    all_rows: list[dict] = []
+    floors: dict[str, float] = {}
 
-    stem = a.tag or "".join(sorted(models))
+    for run in B.run_steering_benchmark(cfg):
+        all_rows += run.rows
+        if run.noise_floor is not None:
+            floors[run.tag] = run.noise_floor
+            print(f"{run.tag}: noise floor (exact target draws) sliced W1 = {run.noise_floor:.3f}")
+        if run.target is not None:
+            B.plot_gmm_scatter(
+                run.keep,
+                run.target,
+                out / f"gmm_scatter_{run.tag}.png",
+                f"{run.tag}, lambda={run.lam}",
+            )
+        if run.unsteered is not None:
+            B.plot_digits(run.keep, run.unsteered, out / "digits_grid.png")
+        if run.tag.startswith("a_gmm_exact"):
+            B.plot_lam_sweep(
+                B.summarise(all_rows), floors, cfg.sweep_budget, out / "gmm_lam_sweep.png"
+            )
 
-    def save(tag):
-        summary = summarise(all_rows)
+        summary = B.summarise(all_rows)
+        counts = B.seed_counts(all_rows)
         _bench.write_json(
-            a.out / f"bench_steering_{stem}.json",
+            out / f"bench_steering_{stem}.json",
             {
-                "config": vars(a) | {"out": str(a.out)},
-                **extra,
-                "seeds_closer_than_best_of_n": seed_counts(all_rows),
+                "config": dataclasses.asdict(cfg),
+                **({"noise_floor_sliced_w1": floors} if floors else {}),
+                "seeds_closer_than_best_of_n": counts,
                 "summary": summary,
                 "rows": all_rows,
             },
         )
-        plot_curves(summary, a.out / f"reward_curves_{stem}.png")
-        cols = [
-            "model",
-            "method",
-            "n",
-            "denoiser_calls",
-            "reward_calls",
-            "value_calls",
-            "lam",
-            "reward_median",
-            "reward_mean",
-            "reward_top10",
-            "sliced_w1_to_target",
-            "tv_sequences",
-            "kl_count_hist",
-            "naturalness_logp",
-            "naturalness_heldout_gmm_ll",
-            "diversity",
-            "samples_per_s",
-            "compile_s",
-        ]
-        print(
-            _bench.format_table(
-                [s for s in summary if s["model"] == tag],
-                [c for c in cols if any(c in s for s in summary)],
-            ),
-            flush=True,
-        )
-        for k, v in seed_counts(all_rows).items():
-            if k.startswith(tag + " "):
+        B.plot_curves(summary, out / f"reward_curves_{stem}.png")
+        cols = [c for c in COLUMNS if any(c in s for s in summary)]
+        print(_bench.format_table([s for s in summary if s["model"] == run.tag], cols), flush=True)
+        for k, v in counts.items():
+            if k.startswith(run.tag + " "):
                 print(
                     f"{k}: seeds closer than best_of_n: "
                     + ", ".join(f"{m} {c}" for m, c in v.items())
                 )
-
-    if "a" in models:
-        sweep = [float(v) for v in a.lam_sweep.split(",") if v]
-        floors = {}
-        for lam in [a.lam, *sweep]:
-            tag = "a_gmm_exact" if lam == a.lam else f"a_gmm_exact_lam{lam:g}"
-            params, proc, reward, metric_fn, target, values, soft = gmm_setup(False, lam, a.steps)
-            floors[tag] = gmm_noise_floor(target, a.gmm_runs, a.seeds)
-            extra["noise_floor_sliced_w1"] = floors
-            print(f"{tag}: noise floor (exact target draws) sliced W1 = {floors[tag]:.3f}")
-            rows, keep = run_model(
-                tag,
-                params,
-                proc,
-                reward,
-                lam=lam,
-                budgets=budgets if lam == a.lam else [a.sweep_budget],
-                seeds=a.seeds,
-                num_runs=a.gmm_runs,
-                metric_fn=metric_fn,
-                values=values,
-                soft_value=soft,
-                method_names=tuple((a.a_methods if lam == a.lam else a.sweep_methods).split(",")),
-                skip_n1=a.skip_n1,
-            )
-            if lam == a.lam and a.a_extra_methods:
-                more, keep_more = run_model(
-                    tag,
-                    params,
-                    proc,
-                    reward,
-                    lam=lam,
-                    budgets=[a.sweep_budget],
-                    seeds=a.seeds,
-                    num_runs=a.gmm_runs,
-                    metric_fn=metric_fn,
-                    values=values,
-                    soft_value=soft,
-                    method_names=tuple(a.a_extra_methods.split(",")),
-                )
-                rows += more
-                keep.update(keep_more)
-            all_rows += rows
-            if lam == a.lam:
-                plot_gmm_scatter(
-                    keep, target, a.out / f"gmm_scatter_{tag}.png", f"{tag}, lambda={lam}"
-                )
-            save(tag)
-        plot_lam_sweep(summarise(all_rows), floors, a.sweep_budget, a.out / "gmm_lam_sweep.png")
-    if "b" in models:
-        tag = "b_gmm_mlp"
-        params, proc, reward, metric_fn, target, values, _ = gmm_setup(True, a.lam, a.steps)
-        rows, keep = run_model(
-            tag,
-            params,
-            proc,
-            reward,
-            lam=a.lam,
-            budgets=small,
-            seeds=a.seeds,
-            num_runs=a.runs,
-            metric_fn=metric_fn,
-            values=values,
-            method_names=small_methods,
-            skip_n1=a.skip_n1,
-        )
-        all_rows += rows
-        plot_gmm_scatter(keep, target, a.out / f"gmm_scatter_{tag}.png", f"{tag}, lambda={a.lam}")
-        save(tag)
-    if "d" in models:
-        chains = {"exact": ("d_chain_exact", False), "transformer": ("d_chain_transformer", True)}
-        for name in a.chain_models.split(","):
-            tag, learned = chains[name]
-            params, proc, reward, metric_fn = chain_setup(
-                learned, a.chain_lam, 2 * a.chain_length, a.chain_length
-            )
-            rows, _ = run_model(
-                tag,
-                params,
-                proc,
-                reward,
-                lam=a.chain_lam,
-                budgets=budgets if not learned else small,
-                seeds=a.seeds,
-                num_runs=4 * a.runs,
-                metric_fn=metric_fn,
-                method_names=small_methods,
-                skip_n1=a.skip_n1,
-            )
-            all_rows += rows
-            save(tag)
-    if "c" in models:
-        params, proc, reward, metric_fn = digits_setup(a.steps, a.digit)
-        rows, keep = run_model(
-            "c_digits",
-            params,
-            proc,
-            reward,
-            lam=a.digits_lam,
-            budgets=small,
-            seeds=a.seeds,
-            num_runs=max(a.runs // 4, 16),
-            metric_fn=metric_fn,
-            method_names=small_methods,
-            skip_n1=a.skip_n1,
-        )
-        all_rows += rows
-        base = np.asarray(
-            jax.jit(jax.vmap(lambda k: D.sample(k, params, proc)))(
-                jax.random.split(jax.random.key(3), 16)
-            )
-        )
-        plot_digits(keep, base, a.out / "digits_grid.png")
-        save("c_digits")
 
 
 if __name__ == "__main__":

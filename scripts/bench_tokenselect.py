@@ -42,6 +42,7 @@ from jaxsel.attention import (
     token_scores,
 )
 from jaxsel.attention.select import select_from_votes
+from jaxsel.utils import add_config_flags, config_from_args, pyplot, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,11 +323,7 @@ def bench_cache(cfg: Config) -> tuple[list[dict], dict]:
 
 
 def plot(speed, quality, cache, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
     for method in ("dense", "sdpa", "tokenselect", "cache_hit"):
         r = [x for x in speed if x["method"] == method]
@@ -353,25 +350,16 @@ def plot(speed, quality, cache, path: Path) -> None:
     ax[2].set(xlabel="cosine threshold", title="Selection Cache")
     ax[2].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120, tight=False)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes for a smoke run")
-    p.add_argument("--lengths", type=int, nargs="+", default=None)
-    p.add_argument("--iters", type=int, default=None)
     p.add_argument("--skip", choices=["speed", "quality", "cache"], nargs="*", default=[])
-    p.add_argument("--out", type=str, default=None)
+    add_config_flags(p, Config, only_given=True)  # on top of the --quick preset
     args = p.parse_args(argv)
-    over = dict(QUICK) if args.quick else {}
-    if args.lengths:
-        over["lengths"] = tuple(args.lengths)
-    if args.iters:
-        over["iters"] = args.iters
-    if args.out:
-        over["out"] = args.out
-    cfg = Config(**over)
+    cfg = config_from_args(Config, args, base=QUICK if args.quick else None)
     out = Path(cfg.out)
     t0 = time.perf_counter()
     print(f"TokenSelect benchmark on {jax.devices()[0].device_kind}, jax {jax.__version__}")

@@ -9,7 +9,7 @@ greedy answers, exact match. The same questions are used for every policy at a g
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,45 +19,42 @@ from tqdm.auto import tqdm
 
 from jaxsel._bench import format_table, write_json
 from jaxsel.models import retrieval as rt
+from jaxsel.utils import flag, line_plot, parse_config
 
 
-def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", type=Path, default=rt.ASSET_DIR, help="saved retrieval model")
-    p.add_argument("--multiples", type=str, default="1,2,4,8,16,32")
-    p.add_argument("--n", type=int, default=200, help="questions per cell")
-    p.add_argument(
-        "--n-at", type=str, default="", help="per-multiple overrides of --n, e.g. '32=100'"
-    )
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--policies", type=str, default="all", help="comma list or 'all'")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("results/models"))
-    p.add_argument("--slice-only", action="store_true", help="only the test slice")
-    p.add_argument("--no-slice", action="store_true", help="skip the test slice")
-    return p.parse_args()
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: str = flag(str(rt.ASSET_DIR), "saved retrieval model")
+    multiples: str = "1,2,4,8,16,32"
+    n: int = flag(200, "questions per cell")
+    n_at: str = flag("", "per-multiple overrides of --n, e.g. '32=100'")
+    batch_size: int = 100
+    policies: str = flag("all", "comma list or 'all'")
+    seed: int = 0
+    out: Path = Path("results/models")
+    slice_only: bool = flag(False, "only the test slice")
+    no_slice: bool = flag(False, "skip the test slice")
+
+
+def parse() -> Config:
+    return parse_config(Config, description=__doc__)
 
 
 def plot(rows: list[dict], path: Path, train_len: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    curves = {}
     for name in dict.fromkeys(r["policy"] for r in rows):
         rs = [r for r in rows if r["policy"] == name]
-        ax.plot([r["multiple"] for r in rs], [r["accuracy"] for r in rs], "o-", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"prompt length / training length ({train_len})")
-    ax.set_ylabel("exact-match accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Retrieval beyond the training length")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        curves[name] = ([r["multiple"] for r in rs], [r["accuracy"] for r in rs])
+    line_plot(
+        curves,
+        path,
+        xlabel=f"prompt length / training length ({train_len})",
+        ylabel="exact-match accuracy",
+        title="Retrieval beyond the training length",
+        log_x_base=2,
+        ylim=(-0.02, 1.02),
+        legend=True,
+    )
 
 
 def main() -> None:

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
 from functools import partial
 from pathlib import Path
@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsel.diffusion import samplers, toys, train
+from jaxsel.diffusion.benchmark import GMM_W
+from jaxsel.utils import flag, parse_config, restore_tree, save_tree
 
-GMM_W = jnp.array([1.0, 0.5])
 CHAIN_LENGTH = 6
 NUM_STEPS = 50
+MODELS = ("gmm", "value", "value_exact", "digits", "classifier", "chain")
 
 
 def _report(name: str, losses, t0: float) -> None:
@@ -38,43 +40,52 @@ def _report(name: str, losses, t0: float) -> None:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    out: str = str(train.ASSETS)
+    steps: int = flag(3000, "optimizer steps per model")
+    seed: int = 0
+    only: str = "gmm,value,value_exact,digits,classifier,chain"
+    value_lams: str = flag("0.5,1,2", "tilts of the SVDD-MC soft values")
+    value_rollouts: int = flag(16384, "rollouts per value net")
+    value_steps: int = 6000
+    value_hidden: int = 128
+    value_depth: int = 3
+    soft_only: bool = flag(False, "skip the mean-value nets")
+
+    def __post_init__(self):
+        unknown = set(self.only.split(",")) - set(MODELS)
+        if unknown:
+            raise ValueError(f"only: unknown {sorted(unknown)} (known: {MODELS})")
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", type=Path, default=train.ASSETS)
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps per model")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", type=str, default="gmm,value,value_exact,digits,classifier,chain")
-    p.add_argument(
-        "--value-lams", type=str, default="0.5,1,2", help="tilts of the SVDD-MC soft values"
-    )
-    p.add_argument("--value-rollouts", type=int, default=16384, help="rollouts per value net")
-    p.add_argument("--value-steps", type=int, default=6000)
-    p.add_argument("--value-hidden", type=int, default=128)
-    p.add_argument("--value-depth", type=int, default=3)
-    p.add_argument("--soft-only", action="store_true", help="skip the mean-value nets")
-    a = p.parse_args()
+    a = parse_config(Config, description=__doc__)
+    out = Path(a.out)
     which = set(a.only.split(","))
     key = jax.random.key(a.seed)
-    a.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     gmm = toys.default_gmm()
 
     if "gmm" in which:
         t0 = time.perf_counter()
         fit = train.make_train_vp(
+            train.VPTrainConfig(steps=a.steps, batch_size=512),
             train.mlp_apply,
             partial(train.mlp_init, dim=2, hidden=128, depth=3),
             lambda k, n: toys.gmm_sample(k, gmm, n),
-            steps=a.steps,
-            batch_size=512,
         )
         params, losses = jax.jit(fit)(jax.random.fold_in(key, 1))
         _report("gmm_mlp", losses, t0)
-        train.save_params(a.out / "gmm_mlp", params)
+        save_tree(out / "gmm_mlp", params)
 
     def fit_value(name, den_params, proc, lam, seed):
         """SVDD-MC value on rollouts of ``proc``: soft value for lam > 0, mean value for None."""
         t0 = time.perf_counter()
         fit = train.make_train_value(
+            train.ValueTrainConfig(
+                lam=lam, num_rollouts=a.value_rollouts, steps=a.value_steps, batch_size=512
+            ),
             train.scalar_mlp_apply if lam is None else train.two_mlp_apply,
             partial(
                 train.mlp_init if lam is None else train.two_mlp_init,
@@ -86,19 +97,15 @@ def main() -> None:
             proc,
             den_params,
             toys.linear_reward(GMM_W),
-            lam=lam,
-            num_rollouts=a.value_rollouts,
-            steps=a.value_steps,
-            batch_size=512,
         )
         params, losses = jax.jit(fit)(jax.random.fold_in(key, seed))
         _report(name, losses, t0)
-        train.save_params(a.out / name, params)
+        save_tree(out / name, params)
 
     value_lams = [float(v) for v in a.value_lams.split(",") if v]
     sched = samplers.vp_schedule(NUM_STEPS)
     if "value" in which:  # (b): rollouts of the learned MLP denoiser
-        den = train.load_params(a.out / "gmm_mlp")
+        den = restore_tree(out / "gmm_mlp")
         proc = samplers.vp_process(train.mlp_apply, sched, (2,))
         if not a.soft_only:
             fit_value("gmm_value", den, proc, None, 2)
@@ -120,50 +127,45 @@ def main() -> None:
     if "digits" in which:
         t0 = time.perf_counter()
         fit = train.make_train_vp(
+            train.VPTrainConfig(steps=2 * a.steps, batch_size=256, lr=1e-3),
             train.mlp_apply,
             partial(train.mlp_init, dim=64, hidden=384, depth=3, t_dim=32),
             lambda k, n: xtr[jax.random.randint(k, (n,), 0, xtr.shape[0])],
-            steps=2 * a.steps,
-            batch_size=256,
-            lr=1e-3,
         )
         params, losses = jax.jit(fit)(jax.random.fold_in(key, 3))
         _report("digits_mlp", losses, t0)
-        train.save_params(a.out / "digits_mlp", params)
+        save_tree(out / "digits_mlp", params)
     if "classifier" in which:
         t0 = time.perf_counter()
         fit = train.make_train_classifier(
+            train.ClassifierTrainConfig(steps=a.steps // 2, noise=0.2),
             train.mlp_apply,
             partial(train.mlp_init, dim=64, hidden=128, depth=2, out_dim=10, t_dim=2),
             xtr,
             ytr,
-            steps=a.steps // 2,
-            noise=0.2,
         )
         params, losses = jax.jit(fit)(jax.random.fold_in(key, 4))
         te = perm[int(0.8 * len(x)) :]
         logits = jax.vmap(lambda v: train.mlp_apply(params, v, 0.0))(jnp.asarray(x[te]))
         acc = float(jnp.mean(jnp.argmax(logits, -1) == y[te]))
         _report(f"classifier acc={acc:.3f}", losses, t0)
-        train.save_params(a.out / "digits_classifier", params)
+        save_tree(out / "digits_classifier", params)
 
     if "chain" in which:
         t0 = time.perf_counter()
         chain = toys.default_chain()
         V = chain.init.shape[0]
         fit = train.make_train_masked(
+            train.MaskedTrainConfig(vocab_size=V, steps=a.steps, batch_size=128),
             train.transformer_apply,
             partial(train.transformer_init, length=CHAIN_LENGTH, vocab_size=V, width=32, depth=2),
             lambda k, n: jax.vmap(lambda kk: toys.chain_sample(kk, chain, CHAIN_LENGTH))(
                 jax.random.split(k, n)
             ),
-            vocab_size=V,
-            steps=a.steps,
-            batch_size=128,
         )
         params, losses = jax.jit(fit)(jax.random.fold_in(key, 5))
         _report("chain_transformer", losses, t0)
-        train.save_params(a.out / "chain_transformer", params)
+        save_tree(out / "chain_transformer", params)
 
 
 if __name__ == "__main__":

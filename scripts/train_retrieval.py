@@ -11,7 +11,6 @@ parameters plus ``train_config.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
@@ -20,33 +19,27 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxsel.models import retrieval as rt
+from jaxsel.utils import add_config_flags, config_from_args, restore_tree, save_tree
 
 
 def parse() -> tuple[rt.TrainConfig, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in dataclasses.fields(rt.TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    add_config_flags(p, rt.TrainConfig)
     p.add_argument("--out", type=Path, default=rt.ASSET_DIR)
     p.add_argument("--segment", type=int, default=100, help="steps per jitted scan/checkpoint")
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state")
     args = p.parse_args()
-    cfg = rt.TrainConfig(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(rt.TrainConfig)}
-    )
-    return cfg, args
+    return config_from_args(rt.TrainConfig, args), args
 
 
 def main() -> None:
-    import orbax.checkpoint as ocp
-
     cfg, args = parse()
     init, run, _ = rt.make_train(cfg)
     k_init, k_data = jax.random.split(jax.random.key(cfg.seed))
     state = init(k_init)
-    state_dir = (args.out / "train_state").absolute()
-    ckpt = ocp.StandardCheckpointer()
+    state_dir = args.out / "train_state"
     if args.resume and state_dir.exists():
-        state = ckpt.restore(state_dir, jax.tree.map(np.asarray, state))
+        state = restore_tree(state_dir, jax.tree.map(np.asarray, state))
         print(f"resumed at step {int(state.step)}")
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=int(state.step), desc="train")
@@ -58,12 +51,7 @@ def main() -> None:
         history.append({"step": int(state.step), "loss": loss, "answer_acc": acc})
         bar.update(n)
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
-        if state_dir.exists():
-            import shutil
-
-            shutil.rmtree(state_dir)
-        ckpt.save(state_dir, jax.tree.map(np.asarray, state))
-        ckpt.wait_until_finished()
+        save_tree(state_dir, jax.tree.map(np.asarray, state))
     bar.close()
     wall = time.perf_counter() - t0
     meta = {"history": history, "train_wall_s": wall, "jax": jax.__version__}

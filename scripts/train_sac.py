@@ -10,7 +10,6 @@ seeds with a min-max band and the interquartile band) and a JSON file under ``--
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from jaxsel._bench import format_table, write_json
 from jaxsel.rl import envs, sac
+from jaxsel.utils import flag, parse_config, pyplot, restore_tree, save_figure, save_tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,22 +42,11 @@ class Args:
     eval_episodes: int = 10
     out: str = "results/sac"
     tag: str = "pendulum"
-    checkpoint: str = (
-        ""  # directory: save the state after every chunk (and resume from it if present)
-    )
+    checkpoint: str = flag("", "directory: save the state after every chunk (and resume from it)")
 
 
 def parse_args() -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in dataclasses.fields(Args):
-        name = "--" + f.name.replace("_", "-")
-        if f.name == "hidden":
-            p.add_argument(name, type=int, nargs="+", default=list(f.default))
-        else:
-            p.add_argument(name, type=type(f.default), default=f.default)
-    ns = vars(p.parse_args())
-    ns["hidden"] = tuple(ns["hidden"])
-    return Args(**ns)
+    return parse_config(Args, description=__doc__)
 
 
 def config_from(args: Args) -> sac.SACConfig:
@@ -81,12 +70,7 @@ def config_from(args: Args) -> sac.SACConfig:
 
 def plot_curves(path: Path, steps: np.ndarray, returns: np.ndarray, title: str) -> None:
     """``returns [seeds, evals]``: median line, interquartile band and min-max band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ax.fill_between(steps, returns.min(0), returns.max(0), alpha=0.15, label="min-max over seeds")
     q25, q50, q75 = np.percentile(returns, [25, 50, 75], axis=0)
     ax.fill_between(steps, q25, q75, alpha=0.3, label="interquartile")
@@ -97,8 +81,7 @@ def plot_curves(path: Path, steps: np.ndarray, returns: np.ndarray, title: str) 
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120, tight=False)
 
 
 def main() -> None:
@@ -119,7 +102,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if ckpt is not None and (ckpt / "state").exists():
         # Resume: the state holds everything the loop reads, so this continues bit-exactly.
-        state = sac.restore_state(ckpt / "state", abstract)
+        state = restore_tree(ckpt / "state", abstract)
         saved = dict(np.load(ckpt / "metrics.npz"))
         history = [{k: v[i] for k, v in saved.items()} for i in range(len(saved["env_steps"]))]
         print(f"resumed from {ckpt} after {len(history)} of {config.num_evals} blocks")
@@ -129,7 +112,7 @@ def main() -> None:
         state, metrics = chunk(state)
         history.append(jax.tree.map(lambda x: np.asarray(x)[:, 0], metrics))
         if ckpt is not None:
-            sac.save_state(ckpt / "state", state)
+            save_tree(ckpt / "state", state)
             np.savez(
                 ckpt / "metrics.npz", **{k: np.stack([h[k] for h in history]) for k in history[0]}
             )

@@ -20,7 +20,7 @@ and reward evaluation.
   G) along each particle's ancestry, so the product of potentials is exactly exp(lam r(x0)) and the
   weighted particles target exp(lam r) p. Resampling is multinomial or systematic, either at every
   scheduled step or adaptively when ESS < ess_threshold * k. Weights live in log space and are carried
-  across steps that do not resample (two faults of the reference code, SPEC §8).
+  across steps that do not resample (the reference code does neither).
 - :func:`smc` — the SMC / TDS-without-gradients baseline: DIFF potential, resample every step.
 """
 

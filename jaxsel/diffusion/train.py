@@ -1,7 +1,9 @@
 """Small learned denoisers, value networks and reward classifiers for the steering toys.
 
 Networks are pure ``init(key) -> params`` / ``apply(params, ...)`` pairs over dicts of arrays; training
-loops follow ``make_train(...) -> train(key)`` with one ``lax.scan`` inside, so seeds can be vmapped.
+loops follow ``make_train_*(config, model functions, data) -> train(key)`` with one ``lax.scan``
+inside, so seeds can be vmapped; each config is a frozen dataclass (:class:`FitConfig` and its
+per-trainer subclasses) validated on construction.
 
 - :func:`mlp_init` / :func:`mlp_apply`: MLP on [x, sinusoidal(t)] for VP denoisers (x0 or eps) and
   value networks v(x_t, t);
@@ -13,11 +15,12 @@ loops follow ``make_train(...) -> train(key)`` with one ``lax.scan`` inside, so 
   al. 2024, Sec. 4): the soft value (1/lam) log E[exp(lam r(x0)) | x_t] via :func:`soft_value_loss`,
   or the mean value E[r(x0) | x_t] by least squares;
 - :func:`make_train_classifier`: softmax-regression MLP used as a black-box reward (digits);
-- :func:`save_params` / :func:`load_params`: orbax checkpoints.
+- :func:`load_asset`: the shipped weights (orbax checkpoints, :func:`jaxsel.utils.save_tree`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +33,7 @@ import optax
 from jax import lax
 
 from jaxsel.diffusion.samplers import Process, masked_forward, sample_trajectory, vp_alpha_bar
+from jaxsel.utils.checkpoint import restore_tree
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -144,10 +148,93 @@ def transformer_apply(params: Params, z: Array, t: Array, *, heads: int = 2) -> 
 DataFn = Callable[[Array, int], Array]
 
 
-def _fit(loss_fn, init_fn, *, steps: int, lr: float):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FitConfig:
+    """Optimisation shared by every trainer here: AdamW (weight decay 1e-4) on a cosine schedule
+    from ``lr`` over ``steps`` steps of ``batch_size`` examples, gradients clipped to norm 1."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 2e-3
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {name}={v!r}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got lr={self.lr!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VPTrainConfig(FitConfig):
+    """:func:`make_train_vp`: ``prediction`` "x0" or "eps", the VP schedule's beta range."""
+
+    prediction: str = "x0"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prediction not in ("x0", "eps"):
+            raise ValueError(
+                f"prediction must be 'x0' or 'eps', got prediction={self.prediction!r}"
+            )
+        if not 0 <= self.beta_min < self.beta_max:
+            raise ValueError(
+                f"need 0 <= beta_min < beta_max, got {self.beta_min=}, {self.beta_max=}"
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaskedTrainConfig(FitConfig):
+    """:func:`make_train_masked`: token ids are ``[0, vocab_size)``, the mask id is ``vocab_size``."""
+
+    vocab_size: int
+    batch_size: int = 128
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive int, got {self.vocab_size!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ValueTrainConfig(FitConfig):
+    """:func:`make_train_value`: ``lam=None`` fits the mean value, ``lam > 0`` the soft value;
+    ``num_rollouts`` sampler trajectories give the regression pairs."""
+
+    lam: float | None = None
+    num_rollouts: int = 1024
+
+    def __post_init__(self):
+        super().__post_init__()
+        lam = self.lam
+        if lam is not None and not (np.isfinite(lam) and lam > 0):
+            raise ValueError(f"lam must be None (mean value) or a finite number > 0, got {lam=}")
+        if not isinstance(self.num_rollouts, int) or self.num_rollouts < 1:
+            raise ValueError(f"num_rollouts must be a positive int, got {self.num_rollouts!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClassifierTrainConfig(FitConfig):
+    """:func:`make_train_classifier`: Gaussian input noise of standard deviation ``noise``."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    noise: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (np.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"noise must be a finite number >= 0, got noise={self.noise!r}")
+
+
+def _fit(config: FitConfig, loss_fn, init_fn):
+    steps = config.steps
     tx = optax.chain(
         optax.clip_by_global_norm(1.0),
-        optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4),
+        optax.adamw(optax.cosine_decay_schedule(config.lr, steps), weight_decay=1e-4),
     )
 
     def train(key: Array):
@@ -168,23 +255,17 @@ def _fit(loss_fn, init_fn, *, steps: int, lr: float):
 
 
 def make_train_vp(
+    config: VPTrainConfig,
     apply_fn: Callable[[Params, Array, Array], Array],
     init_fn: Callable[[Array], Params],
     data_fn: DataFn,
-    *,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    prediction: str = "x0",
-    beta_min: float = 0.1,
-    beta_max: float = 20.0,
 ):
     """Returns train(key) -> (params, losses (steps,)) for a VP denoiser.
 
     Loss: E_{x0, t~U(1e-3, 1), eps} || f(sqrt(abar) x0 + sqrt(1 - abar) eps, t) - target ||^2.
     """
-    if prediction not in ("x0", "eps"):
-        raise ValueError(f"prediction must be 'x0' or 'eps', got {prediction=!r}")
+    batch_size, prediction = config.batch_size, config.prediction
+    beta_min, beta_max = config.beta_min, config.beta_max
 
     def loss_fn(params, key):
         kd, kt, kn = jax.random.split(key, 3)
@@ -196,20 +277,17 @@ def make_train_vp(
         pred = jax.vmap(apply_fn, in_axes=(None, 0, 0))(params, xt, t)
         return jnp.mean((pred - (x0 if prediction == "x0" else eps)) ** 2)
 
-    return _fit(loss_fn, init_fn, steps=steps, lr=lr)
+    return _fit(config, loss_fn, init_fn)
 
 
 def make_train_masked(
+    config: MaskedTrainConfig,
     apply_fn: Callable[[Params, Array, Array], Array],
     init_fn: Callable[[Array], Params],
     data_fn: DataFn,
-    *,
-    vocab_size: int,
-    steps: int = 2000,
-    batch_size: int = 128,
-    lr: float = 2e-3,
 ):
     """Returns train(key) for an MDLM denoiser: E_t [1/t sum_{masked i} -log p_theta(x0_i | z_t)]/L."""
+    batch_size, vocab_size = config.batch_size, config.vocab_size
 
     def loss_fn(params, key):
         kd, kt, km = jax.random.split(key, 3)
@@ -223,7 +301,7 @@ def make_train_masked(
         w = (z == vocab_size) / t[:, None]
         return jnp.mean(jnp.sum(w * nll, -1)) / x0.shape[-1]
 
-    return _fit(loss_fn, init_fn, steps=steps, lr=lr)
+    return _fit(config, loss_fn, init_fn)
 
 
 def soft_value_loss(v: Array, r: Array, *, lam: float, offset: Array | float = 0.0) -> Array:
@@ -248,17 +326,12 @@ def soft_value_loss(v: Array, r: Array, *, lam: float, offset: Array | float = 0
 
 
 def make_train_value(
+    config: ValueTrainConfig,
     value_apply: Callable[[Params, Array, Array], Array],
     value_init: Callable[[Array], Params],
     process: Process,
     denoiser_params: Any,
     reward_fn: Callable[[Array], Array],
-    *,
-    lam: float | None = None,
-    num_rollouts: int = 1024,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 2e-3,
 ):
     """SVDD-MC (Li et al. 2024, Sec. 4): returns train(key) -> ({"net", "offset"}, losses).
 
@@ -277,8 +350,7 @@ def make_train_value(
 
     Use the result with :func:`value_fn_from`.
     """
-    if lam is not None and not (np.isfinite(lam) and lam > 0):
-        raise ValueError(f"lam must be None (mean value) or a finite number > 0, got {lam=}")
+    lam, num_rollouts, batch_size = config.lam, config.num_rollouts, config.batch_size
     T = process.num_steps
     want = () if lam is None else (2,)
 
@@ -307,7 +379,7 @@ def make_train_value(
             soft = soft_value_loss(out[:, 1], r[i] - lax.stop_gradient(m), lam=lam)
             return jnp.mean((m - r[i]) ** 2) + jnp.mean(soft)
 
-        net, losses = _fit(loss_fn, value_init, steps=steps, lr=lr)(kf)
+        net, losses = _fit(config, loss_fn, value_init)(kf)
         return {"net": net, "offset": offset}, losses
 
     return train
@@ -327,17 +399,14 @@ def value_fn_from(value_apply: Callable[[Params, Array, Array], Array], num_step
 
 
 def make_train_classifier(
+    config: ClassifierTrainConfig,
     apply_fn: Callable[[Params, Array, Array], Array],
     init_fn: Callable[[Array], Params],
     x: Array,
     y: Array,
-    *,
-    steps: int = 1000,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    noise: float = 0.1,
 ):
     """Returns train(key) for a softmax classifier f(x, 0) -> logits on (x, y), with input noise."""
+    batch_size, noise = config.batch_size, config.noise
 
     def loss_fn(params, key):
         ki, kn = jax.random.split(key)
@@ -346,11 +415,11 @@ def make_train_classifier(
         logits = jax.vmap(apply_fn, in_axes=(None, 0, None))(params, xb, 0.0)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y[i]))
 
-    return _fit(loss_fn, init_fn, steps=steps, lr=lr)
+    return _fit(config, loss_fn, init_fn)
 
 
 # --------------------------------------------------------------------------------------------
-# Data and checkpoints
+# Data and shipped weights
 # --------------------------------------------------------------------------------------------
 
 
@@ -360,25 +429,6 @@ def load_digits_scaled() -> tuple[np.ndarray, np.ndarray]:
 
     d = load_digits()
     return (d.data / 8.0 - 1.0).astype(np.float32), d.target.astype(np.int32)
-
-
-def save_params(path: str | Path, params: Any) -> Path:
-    """Writes a pytree of arrays with orbax (overwrites)."""
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
-    with ocp.PyTreeCheckpointer() as ckpt:
-        ckpt.save(path, jax.tree.map(np.asarray, params), force=True)
-    return path
-
-
-def load_params(path: str | Path) -> Any:
-    """Reads a pytree saved by :func:`save_params` as jax arrays."""
-    import orbax.checkpoint as ocp
-
-    with ocp.PyTreeCheckpointer() as ckpt:
-        # device arrays, so traced indices (embedding lookups) work on the restored params
-        return jax.tree.map(jnp.asarray, ckpt.restore(Path(path).absolute()))
 
 
 ASSETS = Path(__file__).parent / "assets"
@@ -391,7 +441,7 @@ def load_asset(name: str) -> Any:
         raise FileNotFoundError(
             f"no trained weights at {path}; run `python scripts/train_diffusion_toys.py` first"
         )
-    return load_params(path)
+    return restore_tree(path)
 
 
 def two_mlp_init(key: Array, dim: int, **kwargs: Any) -> Params:

@@ -1,11 +1,13 @@
 """SoftHebb: Hebbian soft winner-take-all learning without feedback (Journé et al., ICLR 2023).
 
-Pure plasticity math in :mod:`~jaxsel.hebb.rules` (optax-style ``(init, update)`` pairs), blocks in
-:mod:`~jaxsel.hebb.layers`, the configurable net and presets in :mod:`~jaxsel.hebb.nets`, training
-loops in :mod:`~jaxsel.hebb.train`, offline data in :mod:`~jaxsel.hebb.data`.
+The user API is re-exported here; building blocks stay importable from their modules: pure
+plasticity math in :mod:`~jaxsel.hebb.rules` (optax-style ``(init, update)`` pairs, the deltas,
+patches and convolutions), blocks in :mod:`~jaxsel.hebb.layers` (BatchNorm, pooling, padding), the
+configurable net and presets in :mod:`~jaxsel.hebb.nets`, training loops and their chunked steps in
+:mod:`~jaxsel.hebb.train`, offline data in :mod:`~jaxsel.hebb.data`, the experiment driver
+(resumable unsupervised pass, probes, controls) in :mod:`~jaxsel.hebb.experiment`.
 """
 
-from jaxsel.hebb.layers import BatchNormState, batch_norm, conv_block, pool2d, reflect_pad
 from jaxsel.hebb.nets import (
     PRESETS,
     BlockConfig,
@@ -22,89 +24,56 @@ from jaxsel.hebb.nets import (
     winner_stats,
 )
 from jaxsel.hebb.rules import (
-    conv2d,
-    conv_delta,
     conv_step,
-    dense_delta,
     dense_step,
-    hebbian_targets,
-    image_patches,
     init_weights,
     neuron_norms,
-    normalize_update,
-    scale_by_global_max,
-    scale_by_weight_norm,
     soft_wta,
     softhebb,
     softkrotov_wta,
     triangle,
-    weight_norm_lr,
 )
 from jaxsel.hebb.train import (
     LinearHead,
     ProbeConfig,
     backprop_accuracy,
-    backprop_chunk,
-    backprop_init,
-    batch_indices,
     calibrate_batch_norm,
     extract_features,
-    lr_halving_epochs,
     make_backprop_train,
     make_probe_train,
     make_unsupervised_train,
     probe_accuracy,
-    unsupervised_chunk,
 )
 
 __all__ = [
     "PRESETS",
-    "BatchNormState",
     "BlockConfig",
     "LinearHead",
     "NetConfig",
     "NetState",
     "ProbeConfig",
     "backprop_accuracy",
-    "backprop_chunk",
-    "backprop_init",
-    "batch_indices",
-    "batch_norm",
     "calibrate_batch_norm",
     "cifar10_preset",
-    "conv2d",
-    "conv_block",
-    "conv_delta",
     "conv_step",
-    "dense_delta",
     "dense_step",
     "digits_preset",
     "extract_features",
     "features",
     "forward",
     "hebbian_step",
-    "hebbian_targets",
-    "image_patches",
     "init_net",
     "init_weights",
-    "lr_halving_epochs",
     "make_backprop_train",
     "make_probe_train",
     "make_unsupervised_train",
     "neuron_norms",
-    "normalize_update",
-    "pool2d",
     "probe_accuracy",
-    "reflect_pad",
-    "scale_by_global_max",
-    "scale_by_weight_norm",
     "small_preset",
     "soft_wta",
     "softhebb",
     "softkrotov_wta",
     "triangle",
     "two_layer_preset",
-    "unsupervised_chunk",
-    "weight_norm_lr",
     "winner_stats",
 ]

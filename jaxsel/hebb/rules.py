@@ -97,8 +97,8 @@ def triangle(u: jax.Array, *, power: float = 1.0, axis: int = -1) -> jax.Array:
 
     The authors' forward activation after every SoftHebb conv. The power is taken on a floored
     base so that the gradient stays finite for ``power < 1`` (used by the backprop control), and
-    as ``exp(power * log r)``: XLA:CPU's ``pow`` ran ~7x slower than ``exp`` + ``log`` here
-    (measured 337 vs 49 ms on a 100x14x14x384 batch), and the Triangle is on every forward pass.
+    as ``exp(power * log r)``: XLA:CPU's ``pow`` is much slower than ``exp`` + ``log`` here, and
+    the Triangle is on every forward pass (results/hebb/README.md, "Implementation notes").
     """
     r = u - jnp.mean(u, axis=axis, keepdims=True)
     positive = r > 0
@@ -210,10 +210,10 @@ def conv2d(
     """'VALID' 2-D convolution, NHWC input, HWIO kernel (pad beforehand, e.g. reflect).
 
     ``"im2col"`` (default): :func:`image_patches` times the kernel as one matmul; its gradients
-    are matmuls too. ``"xla"``: ``lax.conv_general_dilated``. On XLA:CPU (jax 0.10.2) the matmul
-    form ran the 96 -> 384 channel 3x3 conv of the two-layer net 1.5x faster (437 vs 660 CPU-ms
-    for 100 images), and the backward-filter convolution of ``"xla"`` slows down ~20x inside
-    ``lax.scan``, which the backprop control needs.
+    are matmuls too. ``"xla"``: ``lax.conv_general_dilated``. On XLA:CPU the matmul form is the
+    faster of the two for the two-layer net, and the backward-filter convolution of ``"xla"`` slows
+    down inside ``lax.scan``, which the backprop control needs (results/hebb/README.md,
+    "Implementation notes").
     """
     if x.ndim != 4 or w.ndim != 4 or x.shape[-1] != w.shape[2]:
         raise ValueError(
@@ -261,8 +261,8 @@ def conv_delta(
 
     - ``"vjp"``: ``jax.vjp`` of :func:`conv2d` w.r.t. ``w`` (one backward-filter convolution);
     - ``"patches"`` (default): :func:`image_patches` contracted with ``y`` in one ``einsum``.
-      Inside ``lax.scan`` XLA:CPU runs the backward-filter convolution ~20-40x slower than outside
-      (measured: 1.9 vs 0.05 CPU-s for 10x16x16x96 -> 384 channels), the matmul does not slow down.
+      Inside ``lax.scan`` XLA:CPU runs the backward-filter convolution much slower than outside;
+      the matmul does not slow down (results/hebb/README.md, "Implementation notes").
 
     Args:
       x: the (already padded) layer input ``(batch, H, W, in)``.

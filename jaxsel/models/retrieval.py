@@ -36,6 +36,7 @@ import optax
 
 from jaxsel.models.config import DecoderConfig
 from jaxsel.models.decoder import Params, forward, init_params
+from jaxsel.utils.checkpoint import restore_tree, save_tree
 
 PAD, BOS, QUERY, PASS = 0, 1, 2, 3
 KEY0, N_KEYS = 8, 16
@@ -245,17 +246,8 @@ def make_train(config: TrainConfig):
 # ----------------------------------------------------------------------------- checkpoint
 def save_model(path: str | Path, params: Params, config: TrainConfig, meta: dict) -> Path:
     """Saves ``params`` with orbax (float32) plus ``train_config.json`` beside them."""
-    import orbax.checkpoint as ocp
-
     path = Path(path).absolute()
-    path.mkdir(parents=True, exist_ok=True)
-    target = path / "params"
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(target, jax.tree.map(np.asarray, params))
+    save_tree(path / "params", jax.tree.map(np.asarray, params))
     (path / "train_config.json").write_text(
         json.dumps({"train_config": dataclasses.asdict(config), **meta}, indent=2)
     )
@@ -267,16 +259,12 @@ def load_model(path: str | Path | None = None) -> tuple[Params, DecoderConfig, d
 
     Returns ``(params, decoder_config, info)`` where ``info`` holds the train config and metadata.
     """
-    import orbax.checkpoint as ocp
-
     path = Path(path or ASSET_DIR).absolute()
     info = json.loads((path / "train_config.json").read_text())
     tcfg = TrainConfig(**info["train_config"])
     mcfg = tcfg.model_config()
     abstract = jax.eval_shape(lambda: init_params(jax.random.key(0), mcfg))
-    with ocp.StandardCheckpointer() as ckpt:
-        params = ckpt.restore(path / "params", abstract)
-    return params, mcfg, info
+    return restore_tree(path / "params", abstract), mcfg, info
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -9,7 +9,7 @@ i.e. the softmax-weighted mean of the window. Its exact gradient is
 
     dy/dx_i = w_i (1 + x_i - y).
 
-What differs from the authors' code (see SPEC section 7): the weights are computed as
+What differs from the authors' code: the weights are computed as
 ``e^{x_i - m} / sum_j e^{x_j - m}`` with ``m`` the window maximum, so any finite input is safe (the
 denominator is >= 1: no overflow and no 0/0); the gradient is the true one above (their CUDA
 backward returns only ``w_i``); padded cells get zero weight; any stride; one code path on every
@@ -25,8 +25,9 @@ Two ways to read the windows, both linear maps of the (padded) input, chosen per
   output shape, combined elementwise, so nothing of size ``output * window`` is materialised and
   the forward pass is one fused loop over the output.
 
-``implementation="auto"`` reads the forward pass as slices (fastest on CPU in every case measured)
-and the backward pass as blocks when windows do not overlap, as slices when they do.
+``implementation="auto"`` reads the forward pass as slices (the faster on CPU, see
+results/pool/bench_softpool_speed.json) and the backward pass as blocks when windows do not
+overlap, as slices when they do.
 
 The gradient is a custom VJP that recomputes the weights from the input and the saved per-window
 max, softmax denominator and ``y``; it is written in differentiable JAX, so ``grad`` of ``grad`` works.

@@ -11,6 +11,7 @@ import pytest
 
 from jaxsel import diffusion as D
 from jaxsel.diffusion import toys, train
+from jaxsel.utils import restore_tree, save_tree
 
 
 def test_networks_shapes_and_vmap(fast_jit):
@@ -34,12 +35,10 @@ def test_networks_shapes_and_vmap(fast_jit):
 def test_vp_training_reduces_loss_and_value_regression_learns_linear_reward():
     g = toys.default_gmm()
     fit = train.make_train_vp(
+        train.VPTrainConfig(steps=150, batch_size=128, lr=3e-3),
         train.mlp_apply,
         partial(train.mlp_init, dim=2, hidden=32, depth=2),
         lambda k, n: toys.gmm_sample(k, g, n),
-        steps=150,
-        batch_size=128,
-        lr=3e-3,
     )
     _, losses = jax.jit(fit)(jax.random.key(0))
     assert float(losses[-20:].mean()) < 0.8 * float(losses[:20].mean())
@@ -47,15 +46,12 @@ def test_vp_training_reduces_loss_and_value_regression_learns_linear_reward():
     w = jnp.array([1.0, 0.5])
     proc = D.vp_process(toys.gmm_denoiser, D.vp_schedule(10), (2,))
     vfit = train.make_train_value(
+        train.ValueTrainConfig(num_rollouts=256, steps=300, batch_size=128, lr=3e-3),
         train.scalar_mlp_apply,
         partial(train.mlp_init, dim=2, hidden=32, depth=2, out_dim=1),
         proc,
         g,
         toys.linear_reward(w),
-        num_rollouts=256,
-        steps=300,
-        batch_size=128,
-        lr=3e-3,
     )
     vparams, vlosses = jax.jit(vfit)(jax.random.key(1))
     assert float(vlosses[-30:].mean()) < 0.7 * float(vlosses[:30].mean())
@@ -93,15 +89,12 @@ def test_make_train_value_checks_inputs():
 
     def fit(apply, out_dim, lam):
         return train.make_train_value(
+            train.ValueTrainConfig(lam=lam, num_rollouts=8, steps=2, batch_size=4),
             apply,
             partial(train.mlp_init, dim=2, hidden=8, depth=1, out_dim=out_dim),
             proc,
             g,
             toys.linear_reward(w),
-            lam=lam,
-            num_rollouts=8,
-            steps=2,
-            batch_size=4,
         )
 
     with pytest.raises(ValueError, match=r"shape \(\) per sample \(scalar\)"):
@@ -131,16 +124,12 @@ def test_learned_soft_value_matches_exact_gmm_soft_value(fast_jit):
     proc = D.vp_process(toys.gmm_denoiser, sched, (2,))
     w = jnp.array([1.0, 0.5])
     fit = train.make_train_value(
+        train.ValueTrainConfig(lam=lam, num_rollouts=4096, steps=3000, batch_size=256, lr=3e-3),
         train.two_mlp_apply,
         partial(train.two_mlp_init, dim=2, hidden=64, depth=2),
         proc,
         g,
         toys.linear_reward(w),
-        lam=lam,
-        num_rollouts=4096,
-        steps=3000,
-        batch_size=256,
-        lr=3e-3,
     )
     params, _ = fast_jit(fit)(jax.random.key(1))
     value_fn = train.value_fn_from(train.two_mlp_apply, T)
@@ -172,6 +161,6 @@ def test_learned_soft_value_matches_exact_gmm_soft_value(fast_jit):
 
 def test_orbax_round_trip(tmp_path):
     p = train.mlp_init(jax.random.key(0), 2, hidden=8, depth=1)
-    train.save_params(tmp_path / "ckpt", p)
-    q = train.load_params(tmp_path / "ckpt")
+    save_tree(tmp_path / "ckpt", p)
+    q = restore_tree(tmp_path / "ckpt")
     jax.tree.map(np.testing.assert_array_equal, p, q)

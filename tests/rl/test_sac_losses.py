@@ -231,9 +231,9 @@ def test_perturb_actions_band_limited():
 
 
 def test_bad_shapes_raise():
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="q_tm1"):
         sac.critic_loss(jnp.ones((2, 2)), 1.0)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="mean"):
         sac.tanh_gaussian_log_prob(jnp.ones(2), jnp.ones(3), jnp.ones(3))
     with pytest.raises(ValueError, match="critic_mask"):
         sac.soft_q_target(1.0, 0.9, jnp.ones(3), 0.0, alpha=0.1, critic_mask=jnp.ones(2, bool))

@@ -16,6 +16,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsel.rl import envs, sac
+from jaxsel.utils import restore_tree, save_tree
 
 TINY = sac.SACConfig(
     total_timesteps=48,
@@ -116,9 +117,9 @@ def test_checkpoint_resume_is_bit_exact(trainer, reference_run, pieces, tmp_path
     init, run1 = pieces
     key = jax.random.PRNGKey(0)
     half, m1 = run1(init(key))
-    sac.save_state(tmp_path / "ckpt", half)
+    save_tree(tmp_path / "ckpt", half)
     del half
-    restored = sac.restore_state(tmp_path / "ckpt", jax.eval_shape(trainer.init, key))
+    restored = restore_tree(tmp_path / "ckpt", jax.eval_shape(trainer.init, key))
     final, m2 = run1(restored)
     # Interrupted (T/2, checkpoint, restore, T/2) == uninterrupted one-shot run, bit for bit.
     full_state, full_metrics = reference_run

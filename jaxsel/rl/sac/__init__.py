@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from jaxsel.rl.sac.checkpoint import restore_state, save_state
 from jaxsel.rl.sac.distributions import (
     deterministic_action,
     squash_action,
@@ -47,8 +46,6 @@ __all__ = [
     "n_step_return",
     "perturb_actions",
     "polyak_update",
-    "restore_state",
-    "save_state",
     "soft_q_target",
     "squash_action",
     "tanh_gaussian_from_noise",

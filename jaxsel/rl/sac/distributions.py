@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
+
+from jaxsel.rl.sac._checks import check_rank, check_same_shape
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -37,7 +38,7 @@ def _scale_bias(low: ArrayLike, high: ArrayLike, dim: int, dtype) -> tuple[Array
 
 def squash_action(u: Array, *, low: ArrayLike = -1.0, high: ArrayLike = 1.0) -> Array:
     """``bias + scale * tanh(u)``: pre-tanh ``u`` ``[A]`` to an action in ``[low, high]`` ``[A]``."""
-    chex.assert_rank(u, 1)
+    check_rank(1, u=u)
     scale, bias = _scale_bias(low, high, u.shape[-1], u.dtype)
     return bias + scale * jnp.tanh(u)
 
@@ -55,8 +56,8 @@ def tanh_gaussian_log_prob(
     Returns:
       scalar ``log pi(a)`` (density with respect to Lebesgue measure on the action box).
     """
-    chex.assert_rank([u, mean, log_std], 1)
-    chex.assert_equal_shape([u, mean, log_std])
+    check_rank(1, u=u, mean=mean, log_std=log_std)
+    check_same_shape(u=u, mean=mean, log_std=log_std)
     scale, _ = _scale_bias(low, high, u.shape[-1], u.dtype)
     z = (u - mean) * jnp.exp(-log_std)
     gauss = -0.5 * z**2 - log_std - _LOG_SQRT_2PI
@@ -72,8 +73,8 @@ def tanh_gaussian_from_noise(
     Batched callers draw all the noise with one ``jax.random.normal`` call and vmap this, which on
     CPU is cheaper than splitting one key per row (one hash per row).
     """
-    chex.assert_rank([eps, mean, log_std], 1)
-    chex.assert_equal_shape([eps, mean, log_std])
+    check_rank(1, eps=eps, mean=mean, log_std=log_std)
+    check_same_shape(eps=eps, mean=mean, log_std=log_std)
     u = mean + jnp.exp(log_std) * eps
     return squash_action(u, low=low, high=high), tanh_gaussian_log_prob(
         u, mean, log_std, low=low, high=high
@@ -88,8 +89,8 @@ def tanh_gaussian_sample(
     Returns:
       ``(action [A], log_prob [])``; gradients flow to ``mean`` and ``log_std`` through ``eps``.
     """
-    chex.assert_rank([mean, log_std], 1)
-    chex.assert_equal_shape([mean, log_std])
+    check_rank(1, mean=mean, log_std=log_std)
+    check_same_shape(mean=mean, log_std=log_std)
     eps = jax.random.normal(key, mean.shape, mean.dtype)
     return tanh_gaussian_from_noise(eps, mean, log_std, low=low, high=high)
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
+
+from jaxsel.rl.sac._checks import check_rank, check_same_shape
 
 
 def _masked_min(q: Array, mask: Array | None) -> Array:
@@ -58,8 +59,8 @@ def soft_q_target(
       alpha: entropy temperature.
       critic_mask: boolean ``[n]``; the min runs over critics where it is True (REDQ-style subsets).
     """
-    chex.assert_rank(r_t, 0)
-    chex.assert_rank(discount_t, 0)
+    check_rank(0, r_t=r_t)
+    check_rank(0, discount_t=discount_t)
     if q_next.ndim not in (1, 2):
         raise ValueError(f"q_next must be [n] or [K, n], got {q_next.shape=}")
     min_q = _masked_min(q_next, critic_mask)
@@ -69,8 +70,8 @@ def soft_q_target(
 
 def critic_loss(q_tm1: Array, target: ArrayLike) -> Array:
     """``1/2 sum_i (q_tm1_i - sg(target))^2`` for ``n`` critics ``q_tm1`` ``[n]``, scalar ``target``."""
-    chex.assert_rank(q_tm1, 1)
-    chex.assert_rank(target, 0)
+    check_rank(1, q_tm1=q_tm1)
+    check_rank(0, target=target)
     return 0.5 * jnp.sum((q_tm1 - jax.lax.stop_gradient(target)) ** 2)
 
 
@@ -78,15 +79,15 @@ def actor_loss(
     log_prob: ArrayLike, q: Array, *, alpha: ArrayLike, critic_mask: Array | None = None
 ) -> Array:
     """``sg(alpha) * log pi(a|s) - min_i Q_i(s, a)`` (``q`` ``[n]``, a reparameterised action)."""
-    chex.assert_rank(log_prob, 0)
-    chex.assert_rank(q, 1)
+    check_rank(0, log_prob=log_prob)
+    check_rank(1, q=q)
     return jax.lax.stop_gradient(alpha) * log_prob - _masked_min(q, critic_mask)
 
 
 def temperature_loss(log_alpha: Array, log_prob: ArrayLike, *, target_entropy: ArrayLike) -> Array:
     """``-log_alpha * sg(log pi(a|s) + target_entropy)``: raises alpha when entropy is too low."""
-    chex.assert_rank(log_alpha, 0)
-    chex.assert_rank(log_prob, 0)
+    check_rank(0, log_alpha=log_alpha)
+    check_rank(0, log_prob=log_prob)
     return -log_alpha * jax.lax.stop_gradient(log_prob + target_entropy)
 
 
@@ -112,8 +113,8 @@ def n_step_return(
     Returns:
       ``(G, discount, m - 1)``: scalars; the last is the index of the bootstrap transition.
     """
-    chex.assert_rank([rewards, terminated, truncated], 1)
-    chex.assert_equal_shape([rewards, terminated, truncated])
+    check_rank(1, rewards=rewards, terminated=terminated, truncated=truncated)
+    check_same_shape(rewards=rewards, terminated=terminated, truncated=truncated)
     n = rewards.shape[0]
     done = jnp.logical_or(terminated, truncated)
     # alive_k: no episode end strictly before k, i.e. transition k belongs to the first episode.
@@ -141,7 +142,7 @@ def perturb_actions(
 
     ``a_k = clip(a + sigma * (high - low) / 2 * eps_k, low, high)``, ``eps_k ~ N(0, I)``.
     """
-    chex.assert_rank(action, 1)
+    check_rank(1, action=action)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples=}")
     low = jnp.asarray(low, action.dtype)
