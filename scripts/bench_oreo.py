@@ -24,7 +24,7 @@ from train_oreo import build_config, run
 from train_oreo import parser as train_parser
 
 from jaxsel._bench import format_table, write_json
-from jaxsel.rl.oreo import train as TR
+from jaxsel.rl.oreo import run_self_consistency
 
 METHODS = ("sft", "rft", "dpo", "oreo", "oreo_step", "oreo_iter")
 
@@ -207,7 +207,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def sc_only(args, tag: str) -> None:
-    """Majority vote vs Soft-SC over seeds (:func:`TR.run_self_consistency`), no other phases."""
+    """Majority vote vs Soft-SC over seeds (:func:`run_self_consistency`), no other phases."""
     import dataclasses
 
     import jax
@@ -221,7 +221,7 @@ def sc_only(args, tag: str) -> None:
     results = []
     for s in tqdm(args.seeds, desc="seeds (sc only)"):
         t1 = time.time()
-        r = TR.run_self_consistency(cfg, jax.random.key(s), sc_k=args.sc_k)
+        r = run_self_consistency(jax.random.key(s), cfg, sc_k=args.sc_k)
         r["wall_s"] = time.time() - t1
         results.append(r)
     pols = list(results[0]["self_consistency"])

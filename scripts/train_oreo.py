@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from jaxsel.rl.oreo import train as TR
+from jaxsel.rl.oreo import OreoConfig, run_pipeline
+from jaxsel.utils import restore_or_make
 
 PHASES = ("sft", "rft", "dpo", "oreo", "oreo_step")
 
@@ -31,30 +31,16 @@ def orbax_checkpointer(root: Path | None):
     """``checkpoint(name, make)`` for :func:`run_pipeline`: restore ``root/name`` or make+save."""
     if root is None:
         return None
-    import orbax.checkpoint as ocp
-
-    ckptr = ocp.PyTreeCheckpointer()
-
-    def checkpoint(name: str, make: Any) -> Any:
-        path = (root / name).absolute()
-        if path.exists():
-            return jax.tree.map(jnp.asarray, ckptr.restore(path))
-        tree = make()
-        # a run killed mid-save leaves a temporary folder that would block this save
-        shutil.rmtree(path.with_name(path.name + ".orbax-checkpoint-tmp"), ignore_errors=True)
-        ckptr.save(path, tree)
-        return tree
-
-    return checkpoint
+    return lambda name, make: jax.tree.map(jnp.asarray, restore_or_make(root / name, make))
 
 
-def build_config(args: argparse.Namespace) -> TR.OreoConfig:
+def build_config(args: argparse.Namespace) -> OreoConfig:
     over = {
         k: v
         for k, v in vars(args).items()
-        if k in TR.OreoConfig.__dataclass_fields__ and v is not None
+        if k in OreoConfig.__dataclass_fields__ and v is not None
     }
-    cfg = TR.OreoConfig.quick(**over) if args.quick else TR.OreoConfig(**over)
+    cfg = OreoConfig.quick(**over) if args.quick else OreoConfig(**over)
     task = {k: getattr(args, k) for k in ("n_steps", "modulus") if getattr(args, k) is not None}
     if task:
         cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, **task))
@@ -75,8 +61,8 @@ def parser() -> argparse.ArgumentParser:
         "--fast-compile",
         action="store_true",
         default=None,
-        help="skip XLA's expensive passes (compiles ~3x faster; on a loaded CPU the full "
-        "optimiser spends minutes per program)",
+        help="skip XLA's expensive passes: faster compiles, slower steps (times in "
+        "results/oreo/README.md)",
     )
     ap.add_argument(
         "--value-from-joint",
@@ -86,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
         help="start the critic-only value fit from the jointly trained OREO value instead of "
         "the final policy's trunk",
     )
-    for f in dataclasses.fields(TR.OreoConfig):
+    for f in dataclasses.fields(OreoConfig):
         if f.type in ("int", "float"):
             ap.add_argument(
                 "--" + f.name.replace("_", "-"),
@@ -120,9 +106,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if name != "sft":
             bar.update()
 
-    res = TR.run_pipeline(
-        cfg,
+    res = run_pipeline(
         jax.random.key(args.seed),
+        cfg,
         beams=tuple(args.beams),
         sc_k=args.sc_k,
         checkpoint=orbax_checkpointer(root),

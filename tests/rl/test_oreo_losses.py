@@ -104,9 +104,9 @@ def _case(seed, t=9, pad=3):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_value_loss_matches_numpy(seed):
     lp, rp, v, r, m = _case(seed)
-    got = L.oreo_value_loss(v, lp, rp, r, m, beta=BETA)
+    got = L.oreo_value_loss(lp, rp, v, r, m, beta=BETA)
     np.testing.assert_allclose(got, np_value_loss(v, lp, rp, r, m, BETA), rtol=1e-5)
-    gv, glp, grp = jax.grad(lambda a, b, c: L.oreo_value_loss(a, b, c, r, m, beta=BETA), (0, 1, 2))(
+    gv, glp, grp = jax.grad(lambda a, b, c: L.oreo_value_loss(b, c, a, r, m, beta=BETA), (0, 1, 2))(
         v, lp, rp
     )
     np.testing.assert_allclose(gv, np_value_grad(v, lp, rp, r, m, BETA), rtol=1e-5, atol=1e-6)
@@ -156,7 +156,7 @@ def test_padding_is_ignored():
     lp2, rp2, v2 = lp.copy(), rp.copy(), v.copy()
     lp2[-3:], rp2[-3:], v2[-3:] = junk, -junk, junk
     for fn in (
-        lambda a, b, c, mm: L.oreo_value_loss(c, a, b, r, mm, beta=BETA),
+        lambda a, b, c, mm: L.oreo_value_loss(a, b, c, r, mm, beta=BETA),
         lambda a, b, c, mm: L.oreo_policy_loss(a, b, c, r, mm, beta=BETA),
     ):
         np.testing.assert_allclose(fn(lp, rp, v, m), fn(lp2, rp2, v2, m), rtol=1e-6)
@@ -167,8 +167,8 @@ def test_step_level_every_token_a_step_equals_token_level():
     lp, rp, v, r, m = _case(7)
     starts = np.ones_like(m, bool)
     np.testing.assert_allclose(
-        L.oreo_step_value_loss(v, lp, rp, r, starts, m, beta=BETA),
-        L.oreo_value_loss(v, lp, rp, r, m, beta=BETA),
+        L.oreo_step_value_loss(lp, rp, v, r, starts, m, beta=BETA),
+        L.oreo_value_loss(lp, rp, v, r, m, beta=BETA),
         rtol=1e-6,
     )
     np.testing.assert_allclose(
@@ -193,11 +193,11 @@ def test_step_level_matches_numpy(seed):
     g = jax.grad(lambda a: L.oreo_step_policy_loss(a, rp, v, r, starts, m, beta=BETA))(lp)
     np.testing.assert_allclose(g, ref_grad, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
-        L.oreo_step_value_loss(v, lp, rp, r, starts, m, beta=BETA),
+        L.oreo_step_value_loss(lp, rp, v, r, starts, m, beta=BETA),
         np_step_value_loss(v, lp, rp, r, m, starts, BETA),
         rtol=1e-5,
     )
-    gv = jax.grad(lambda a: L.oreo_step_value_loss(a, lp, rp, r, starts, m, beta=BETA))(v)
+    gv = jax.grad(lambda a: L.oreo_step_value_loss(lp, rp, a, r, starts, m, beta=BETA))(v)
     assert np.all(gv[~(starts & (m > 0))] == 0.0)
 
 
@@ -254,9 +254,9 @@ def test_jit_and_vmap_agree_with_loop():
     starts = np.zeros((4, 10), bool)
     starts[:, ::3] = True
     fns = {
-        "value": lambda a, b, c, d, e, s: L.oreo_value_loss(c, a, b, d, e, beta=BETA),
+        "value": lambda a, b, c, d, e, s: L.oreo_value_loss(a, b, c, d, e, beta=BETA),
         "policy": lambda a, b, c, d, e, s: L.oreo_policy_loss(a, b, c, d, e, beta=BETA),
-        "step_value": lambda a, b, c, d, e, s: L.oreo_step_value_loss(c, a, b, d, s, e, beta=BETA),
+        "step_value": lambda a, b, c, d, e, s: L.oreo_step_value_loss(a, b, c, d, s, e, beta=BETA),
         "step_policy": lambda a, b, c, d, e, s: L.oreo_step_policy_loss(
             a, b, c, d, s, e, beta=BETA
         ),
@@ -272,19 +272,19 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="ref_logp has length"):
         L.oreo_policy_loss(lp, rp[:-1], v, r, m, beta=BETA)
     with pytest.raises(ValueError, match="values has length"):
-        L.oreo_value_loss(v[:-2], lp, rp, r, m, beta=BETA)
+        L.oreo_value_loss(lp, rp, v[:-2], r, m, beta=BETA)
     with pytest.raises(ValueError, match="mask must have shape"):
-        L.oreo_value_loss(v, lp, rp, r, m[:-1], beta=BETA)
+        L.oreo_value_loss(lp, rp, v, r, m[:-1], beta=BETA)
     with pytest.raises(ValueError, match="mask must have shape"):
         L.oreo_policy_loss(lp, rp, v, r, m[None], beta=BETA)
     with pytest.raises(ValueError, match="empty"):
-        L.oreo_value_loss(v[:0], lp[:0], rp[:0], r, m[:0], beta=BETA)
+        L.oreo_value_loss(lp[:0], rp[:0], v[:0], r, m[:0], beta=BETA)
     with pytest.raises(ValueError, match="selects no token"):
         L.oreo_policy_loss(lp, rp, v, r, np.zeros_like(m), beta=BETA)
     with pytest.raises(ValueError, match="1-D"):
         L.oreo_policy_loss(lp[None], rp[None], v[None], r, m, beta=BETA)
     with pytest.raises(ValueError, match="reward must be a scalar"):
-        L.oreo_value_loss(v, lp, rp, np.ones(2), m, beta=BETA)
+        L.oreo_value_loss(lp, rp, v, np.ones(2), m, beta=BETA)
     with pytest.raises(ValueError, match="step_starts"):
         L.oreo_step_policy_loss(lp, rp, v, r, np.ones(3, bool), m, beta=BETA)
     with pytest.raises(ValueError, match="vocab"):

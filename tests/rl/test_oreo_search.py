@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxsel.rl.oreo import FAST_COMPILE
 from jaxsel.rl.oreo import consistency as C
 from jaxsel.rl.oreo import model as M
 from jaxsel.rl.oreo import search as S
 from jaxsel.rl.oreo import task as T
-from jaxsel.rl.oreo.train import FAST_COMPILE
 
-# compilation dominates these tests: skip XLA's expensive backend passes (~3x faster compiles)
+# compilation dominates these tests: skip XLA's expensive backend passes
 jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 TCFG = T.TaskConfig(n_steps=2, modulus=5, max_len=20)
@@ -75,7 +75,7 @@ def test_sampler_logps_match_forward_and_greedy_is_argmax():
         outs = []
         for temperature in (1.0, 0.0):  # sampled and greedy, one compiled program
             f = lambda tok, pl, k, t=temperature: S.sample(
-                step, M.init_cache(MCFG), tok, pl, k, temperature=t
+                k, step, M.init_cache(MCFG), tok, pl, temperature=t
             )
             outs.append(jax.vmap(f)(batch.tokens, batch.prompt_len, keys))
         both = jnp.concatenate([o.tokens for o in outs])
@@ -126,12 +126,12 @@ def test_value_guided_beam_search_on_toy(beam):
     @jit
     def run(keys):
         f = lambda k: S.step_beam_search(
+            k,
             _toy_step,
             lambda t: jnp.int32(0),
             _toy_value,
             prompt,
             jnp.int32(2),
-            k,
             beam_size=beam,
             max_steps=4,
             max_step_tokens=3,
@@ -151,12 +151,12 @@ def test_value_guided_beam_search_on_toy(beam):
         assert ones.mean() > 3 - 3 * p_miss - 0.3
     with pytest.raises(ValueError, match="beam_size"):
         S.step_beam_search(
+            jax.random.key(0),
             _toy_step,
             lambda t: 0,
             _toy_value,
             prompt,
             2,
-            jax.random.key(0),
             beam_size=0,
             max_steps=1,
             max_step_tokens=1,

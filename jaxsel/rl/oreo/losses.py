@@ -13,7 +13,13 @@ and with ``r_t = 0`` before the end and ``V(s_T) = R`` it telescopes into a path
 Every function here takes ONE response: per-token log-probabilities of the taken actions under
 the policy and the reference, ``[T]``; values ``V(s_t)`` of the state *before* action ``a_t``
 (read at the position whose logits predict ``a_t``), ``[T]``; a scalar reward; and a ``[T]``
-mask that is 1 on response tokens and 0 on padding. Callers batch with ``jax.vmap``.
+mask that is 1 on response tokens and 0 on padding. Callers batch with ``jax.vmap``. The value
+and policy losses take the same arrays in the same order: ``(logp, ref_logp, values, reward[,
+step_starts], mask)``.
+
+Shapes, ranks and lengths are checked at trace time (``ValueError`` naming the argument). A mask
+that selects no token is only detected eagerly (on concrete arrays): under ``jit`` / ``vmap`` its
+value is unknown, and such a response contributes a loss of 0 (:func:`masked_mean`).
 
 The stop-gradients follow the paper (Eq. 8, 9) and the authors' code (jwhj/OREO,
 ``pcl_trainer.py``): the critic sees the policy log-ratios as constants; the actor sees the value
@@ -76,6 +82,7 @@ def _check_mask(mask: ArrayLike | None, length: int, name: str = "mask") -> Arra
         raise ValueError(
             f"{name} must have shape ({length},) like the per-token arrays, got {m.shape}"
         )
+    # eager-only: a traced mask's values are unknown (module docstring)
     if _is_concrete(m) and not bool(jnp.any(m > 0)):
         raise ValueError(f"{name} selects no token: the response is empty")
     return m.astype(jnp.float32)
@@ -157,9 +164,9 @@ def implicit_rewards(
 
 
 def oreo_value_loss(
-    values: ArrayLike,
     logp: ArrayLike,
     ref_logp: ArrayLike,
+    values: ArrayLike,
     reward: ArrayLike,
     mask: ArrayLike | None = None,
     *,
@@ -173,8 +180,8 @@ def oreo_value_loss(
     (``stop_gradient``), so only ``values`` receives gradient.
 
     Args:
-      values: ``[T]`` ``V(s_t)``, the value of the state before token ``t``.
       logp, ref_logp: ``[T]`` log-probs of the taken tokens under pi and pi_ref.
+      values: ``[T]`` ``V(s_t)``, the value of the state before token ``t``.
       reward: scalar terminal reward ``R`` (0/1 in the paper).
       mask: ``[T]`` response mask (default all ones).
       beta: KL coefficient (paper: 0.03).
@@ -269,9 +276,9 @@ def _check_steps(step_starts: ArrayLike, length: int) -> Array:
 
 
 def oreo_step_value_loss(
-    values: ArrayLike,
     logp: ArrayLike,
     ref_logp: ArrayLike,
+    values: ArrayLike,
     reward: ArrayLike,
     step_starts: ArrayLike,
     mask: ArrayLike | None = None,
@@ -286,8 +293,8 @@ def oreo_step_value_loss(
     this equals :func:`oreo_value_loss`.
 
     Args:
-      values: ``[T]``; only entries at step starts are used.
       logp, ref_logp: ``[T]`` log-probs of the taken tokens.
+      values: ``[T]``; only entries at step starts are used.
       reward: scalar terminal reward.
       step_starts: ``[T]`` bool, True at the first token of each step.
       mask: ``[T]`` response mask.

@@ -28,7 +28,7 @@ from jax import Array
 
 from jaxsel.models import config as _mc
 from jaxsel.models import decoder as _dec
-from jaxsel.rl.oreo._compile import FAST_COMPILE
+from jaxsel.utils.compile import fast_jit
 
 Params = dict[str, Any]
 
@@ -114,12 +114,10 @@ def init_params(key: Array, cfg: DecoderConfig, *, value_head: bool = False) -> 
     return p
 
 
-# Top-level use only (``compiler_options`` cannot be nested in jit/vmap; there, call
-# ``init_params``). Op by op every random draw compiles its own program, and with the default
-# XLA passes the threefry draws take ~9 s of CPU to compile: it runs once, so compile it fast.
-init_params_jit = jax.jit(
-    init_params, static_argnums=1, static_argnames="value_head", compiler_options=FAST_COMPILE
-)
+# Op by op every random draw compiles its own program, and the threefry draws are slow to compile
+# with XLA's default passes: it runs once, so compile it fast (under jit / vmap it is traced into
+# the caller's program like ``init_params``).
+init_params_jit = fast_jit(init_params, static_argnums=1, static_argnames="value_head")
 
 
 def forward(params: Params, tokens: Array, cfg: DecoderConfig) -> tuple[Array, Array]:

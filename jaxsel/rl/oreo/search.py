@@ -45,11 +45,11 @@ def _choose(key: Array, logits: Array, temperature: float) -> Array:
 
 
 def sample(
+    key: Array,
     step_fn: StepFn,
     cache: Any,
     tokens: Array,
     prompt_len: Array,
-    key: Array,
     *,
     temperature: float = 1.0,
 ) -> Sample:
@@ -59,11 +59,11 @@ def sample(
     ``<eos>`` the buffer is padded. ``temperature=0`` is greedy decoding.
 
     Args:
+      key: PRNG key.
       step_fn: see module docstring.
       cache: an initial (empty) cache for ``step_fn``.
       tokens: ``[L]`` buffer holding the prompt.
       prompt_len: scalar, prompt length (>= 1).
-      key: PRNG key.
     """
     L = tokens.shape[0]
 
@@ -118,12 +118,12 @@ def _extend_step(
 
 
 def step_beam_search(
+    key: Array,
     step_fn: StepFn,
     prefill_fn: Callable[[Array], Any],
     value_fn: Callable[[Array], Array],
     tokens: Array,
     prompt_len: Array,
-    key: Array,
     *,
     beam_size: int,
     max_steps: int,
@@ -133,9 +133,9 @@ def step_beam_search(
     """Value-guided step-level beam search for one prompt (OREO, arXiv 2412.16145 Sec. 4.3).
 
     Args:
+      key: PRNG key.
       step_fn, prefill_fn, value_fn: model functions (module docstring).
       tokens: ``[L]`` buffer holding the prompt; prompt_len: its length.
-      key: PRNG key.
       beam_size: ``B``; each beam is expanded ``B`` ways and the top ``B`` of ``B*B`` kept.
       max_steps: number of expansion rounds (reasoning steps + the answer line).
       max_step_tokens: token budget of one step.

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from jaxsel.rl.oreo._compile import FAST_COMPILE
+from jaxsel.utils.compile import fast_jit
 
 PAD, BOS, EOS, SEP, SEMI, ANS, PLUS, MINUS, TIMES = range(9)
 NUM0 = 9  # token of the number 0; number k is token NUM0 + k
@@ -211,9 +211,9 @@ def sft_examples(
     return encode(x0, ops, operands, ys, cfg), n_wrong
 
 
-# data generation runs once per data set: compile fast (see _compile.py). Top-level helpers: XLA
-# options cannot be nested, so inside jit/vmap use ``jax.vmap(sft_examples)`` / ``prompts``.
-@functools.partial(jax.jit, static_argnames=("n", "cfg"), compiler_options=FAST_COMPILE)
+# data generation runs once per data set: compile fast (see jaxsel.utils.compile); under jit / vmap these
+# trace into the caller's program
+@functools.partial(fast_jit, static_argnames=("n", "cfg"))
 def sft_batch(
     key: Array, n: int, cfg: TaskConfig, p_err: float | Array = 0.0, p_confuse: float | Array = 0.0
 ) -> tuple[Batch, Array]:
@@ -222,7 +222,7 @@ def sft_batch(
     return jax.vmap(f)(jax.random.split(key, n))
 
 
-@functools.partial(jax.jit, static_argnames=("n", "cfg"), compiler_options=FAST_COMPILE)
+@functools.partial(fast_jit, static_argnames=("n", "cfg"))
 def prompt_batch(key: Array, n: int, cfg: TaskConfig) -> Batch:
     """``n`` prompt-only buffers, jitted."""
     return jax.vmap(lambda k: prompts(k, cfg))(jax.random.split(key, n))
