@@ -50,9 +50,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         ids = text.chat_prompt(tokenizer, args.prompt)
     else:
         ids = tokenizer.encode(args.prompt)
-    options = {"n_sink": 128, "top_k": 2048, "n_local": 512} if args.policy == "tokenselect" else {}
-    if args.policy == "streaming":
-        options = {"n_sink": 128, "n_local": 2560}
+    from jaxsel.models.policies import PAPER_BUDGET_OPTIONS
+
+    options = PAPER_BUDGET_OPTIONS[args.policy]
     stats = text.StreamStats()
     for piece in text.stream_text(
         decoder,
@@ -101,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="complete a prompt with a fetched model, streamed")
     gen.add_argument("prompt", help="the prompt text")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    gen.add_argument("--policy", choices=("dense", "tokenselect", "streaming"), default="dense")
+    gen.add_argument(
+        "--policy",
+        choices=("dense", "tokenselect", "streaming", "quest"),
+        default="dense",
+        help="attention policy; the sparse ones at the TokenSelect paper's 2688-token budget",
+    )
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--model", default="smollm2", help="a fetched model (jaxsel fetch NAME)")
     gen.set_defaults(func=_cmd_generate)

@@ -13,7 +13,11 @@ install dict-devil``) under each policy, chunked exactly as a prefill, with the 
 window and over its last 1024 tokens (95% interval from 512-token block means).
 
 Policies at the authors' budget (2688 tokens): ``dense``; ``tokenselect`` (sink 128, top-k 2048,
-local 512) with ``compact`` or ``original`` RoPE positions; ``streaming`` (sink 128 + local 2560).
+local 512) with ``compact`` or ``original`` RoPE positions; ``streaming`` (sink 128 + local 2560);
+``quest`` (sink 128, 128 pages of 16 tokens ranked by Quest's min/max key bound, local 512, compact
+positions). The filler before the needle is shared by all trials of a cell: it is prefilled once and
+each trial resumes from the chunk where its needle starts (the same cache as a full prefill; a
+re-run with more ``--trials`` keeps the finished trials and runs the rest).
 Results go to ``results/models/smollm2/eval_longcontext.json`` after every cell; a re-run skips the
 finished cells (``--no-resume`` starts over). ``--plot-only`` redraws the PNG from the JSON.
 """
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -34,14 +39,20 @@ from jaxsel._bench import environment_info, format_table
 from jaxsel.models import Tokenizer, load_gguf, model_path
 from jaxsel.models import longcontext as lc
 from jaxsel.models import policies as pol
-from jaxsel.models.generate import decode_jit, sequence_nll, start_generation
+from jaxsel.models.generate import (
+    decode_jit,
+    prefill_arguments,
+    prefill_jit,
+    prefill_resume_jit,
+    sequence_nll,
+)
 
-TS = dict(n_sink=128, top_k=2048, n_local=512)
 POLICIES = {
     "dense": pol.Dense(),
-    "tokenselect_compact": pol.TokenSelect(**TS, position_mode="compact"),
-    "tokenselect_original": pol.TokenSelect(**TS, position_mode="original"),
-    "streaming": pol.Streaming(n_sink=128, n_local=2560),
+    "tokenselect_compact": pol.at_paper_budget("tokenselect", position_mode="compact"),
+    "tokenselect_original": pol.at_paper_budget("tokenselect", position_mode="original"),
+    "streaming": pol.at_paper_budget("streaming"),
+    "quest": pol.at_paper_budget("quest"),
 }
 DEVIL = Path("/usr/share/dictd/devil.dict.dz")
 
@@ -60,18 +71,39 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def passkey_cell(params, config, tok, policy, length: int, trials: int, new_tokens: int) -> dict:
+def _prefill(params, config, ids, policy, new_tokens: int, prefix=None):
+    """Prefill ``ids``; with ``prefix = (state, prefix_ids)`` resume from the first chunk where
+    ``ids`` leaves the shared prefix (the same cache as a full prefill, half the work on average).
+    Returns ``(policy, state, static, tokens_computed)``."""
+    policy_obj, args, static = prefill_arguments(
+        [np.asarray(ids, np.int32)], max_new_tokens=new_tokens, policy=policy
+    )
+    if prefix is None:
+        return policy_obj, prefill_jit(params, *args, config=config, **static), static, len(ids)
+    state, prefix_ids = prefix
+    same = np.asarray(ids[: len(prefix_ids)]) == np.asarray(prefix_ids[: len(ids)])
+    shared = int(np.argmin(same)) if not same.all() else len(same)
+    first = min(shared // static["chunk"], static["n_prefill"] // static["chunk"])
+    st = prefill_resume_jit(params, state, *args, jnp.int32(first), config=config, **static)
+    return policy_obj, st, static, len(ids) - first * static["chunk"]
+
+
+def passkey_cell(params, config, tok, policy, length, trials, new_tokens, done=()) -> dict:
+    """Trials ``len(done) .. trials - 1`` of a cell (``done``: answers of earlier runs, kept)."""
     encode = lambda s: tok.encode(s, add_special_tokens=False)
     depths = lc.depths(10)
-    correct, answers, t_pre, t_dec = 0, [], 0.0, 0.0
-    for t in tqdm(range(trials), desc=f"{length}", leave=False):
+    answers = list(done)
+    # The filler before the needle is the same for every trial: prefill it once (the prompt with
+    # the needle at depth 1) and resume each trial from the chunk where its needle starts.
+    prefix_ids = lc.passkey_prompt(encode, length, 1.0, 0)
+    _, prefix_state, _, _ = _prefill(params, config, prefix_ids, policy, new_tokens)
+    prefix = (jax.block_until_ready(prefix_state), prefix_ids)
+    for t in tqdm(range(len(done), trials), desc=f"{length}", leave=False):
         rng = np.random.default_rng([length, t])
         key = int(rng.integers(10000, 100000))
         ids = lc.passkey_prompt(encode, length, depths[t % len(depths)], key)
         t0 = time.perf_counter()
-        policy_obj, state = start_generation(
-            params, config, [np.asarray(ids, np.int32)], max_new_tokens=new_tokens, policy=policy
-        )
+        policy_obj, state, _, computed = _prefill(params, config, ids, policy, new_tokens, prefix)
         jax.block_until_ready(state)
         t1 = time.perf_counter()
         out, _ = decode_jit(
@@ -80,18 +112,30 @@ def passkey_cell(params, config, tok, policy, length: int, trials: int, new_toke
         text = tok.decode(np.asarray(out[0]).tolist(), skip_special_tokens=True)
         t2 = time.perf_counter()
         ok = lc.first_integer(text) == key
-        correct += ok
-        answers.append({"depth": depths[t % len(depths)], "key": key, "answer": text, "ok": ok})
-        if t:  # the first trial pays the compilation
-            t_pre, t_dec = t_pre + t1 - t0, t_dec + t2 - t1
+        answers.append(
+            {
+                "depth": depths[t % len(depths)],
+                "key": key,
+                "answer": text,
+                "ok": ok,
+                "prefill_tokens_computed": computed,
+                "prefill_s": t1 - t0,
+                "decode_s": t2 - t1,
+            }
+        )
+    correct = sum(a["ok"] for a in answers)
     lo, hi = lc.wilson_interval(correct, trials)
+    # Timings skip each run's first trial (it pays the compilation) and trials of older runs.
+    timed = answers[len(done) + 1 :]
+    mean = lambda key: float(np.mean([a[key] for a in timed])) if timed else None
     return {
         "accuracy": correct / trials,
         "correct": correct,
         "n": trials,
         "wilson95": [lo, hi],
-        "prefill_s_mean": t_pre / max(trials - 1, 1),
-        "decode_s_mean": t_dec / max(trials - 1, 1),
+        "prefill_s_mean": mean("prefill_s"),
+        "prefill_tokens_computed_mean": mean("prefill_tokens_computed"),
+        "decode_s_mean": mean("decode_s"),
         "answers": answers,
     }
 
@@ -176,11 +220,23 @@ def main() -> None:
         trials = int(overrides.get(str(length), args.trials))
         for name in args.policies.split(","):
             cell = f"{name}@{length}"
-            if cell in data["passkey"] and data["passkey"][cell]["n"] >= trials:
+            old = data["passkey"].get(cell, {})
+            if old.get("n", 0) >= trials:
                 continue
             t0 = time.perf_counter()
-            res = passkey_cell(params, config, tok, POLICIES[name], length, trials, args.new_tokens)
-            res.update(policy=name, length=length, wall_s=time.perf_counter() - t0)
+            res = passkey_cell(
+                params,
+                config,
+                tok,
+                POLICIES[name],
+                length,
+                trials,
+                args.new_tokens,
+                done=old.get("answers", []),
+            )
+            res.update(
+                policy=name, length=length, wall_s=old.get("wall_s", 0) + time.perf_counter() - t0
+            )
             data["passkey"][cell] = res
             save()
             print(

@@ -13,6 +13,7 @@ from jaxsel.attention.baselines import (
     streaming_select,
 )
 from jaxsel.attention.cache import SelectionCacheState, cached_select, query_cosine
+from jaxsel.attention.pages import page_bounds, page_scores, page_select
 from jaxsel.attention.positions import (
     POSITION_MODES,
     apply_rope,
@@ -24,7 +25,12 @@ from jaxsel.attention.positions import (
     rotate_half,
     scoring_query,
 )
-from jaxsel.attention.prefill import chunk_attention, prefill_attention, prefill_select
+from jaxsel.attention.prefill import (
+    chunk_attention,
+    chunk_query,
+    prefill_attention,
+    prefill_select,
+)
 from jaxsel.attention.select import (
     middle_candidates,
     pool_votes,
@@ -52,10 +58,14 @@ __all__ = [
     "apply_rope",
     "cached_select",
     "chunk_attention",
+    "chunk_query",
     "dense_attention",
     "dense_select",
     "gathered_positions",
     "middle_candidates",
+    "page_bounds",
+    "page_scores",
+    "page_select",
     "per_head_select",
     "pool_votes",
     "prefill_attention",

@@ -55,10 +55,7 @@ class SelectionCacheState(NamedTuple):
     def init(cls, q: Any, *, top_k: int, n_sink: int, n_local: int) -> SelectionCacheState:
         """Empty state for queries shaped like ``q`` (an array or ``jax.ShapeDtypeStruct [Hq, d]``)."""
         _checks.check_rank(q, 2, "q", "[Hq, d]")
-        for name, val in (("top_k", top_k), ("n_sink", n_sink), ("n_local", n_local)):
-            if not isinstance(val, int) or val < 0:
-                raise ValueError(f"{name} must be a Python int >= 0, got {name}={val!r}")
-        budget = n_sink + top_k + n_local
+        budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=None)
         return cls(
             indices=jnp.arange(budget, dtype=jnp.int32),
             valid=jnp.zeros((budget,), bool),
@@ -95,23 +92,24 @@ def cached_select(
     scale: float = 1.0,
     vote_pool: int = 1,
     gqa_mapping: str = "group",
+    implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array, SelectionCacheState, jax.Array]:
     """:func:`select_tokens` behind the Selection Cache.
 
     Args:
       state: from :meth:`SelectionCacheState.init` or the previous call.
-      q, k, kv_len, top_k, n_sink, n_local, scale, vote_pool, gqa_mapping: as
-        :func:`select_tokens`.
+      q, k, kv_len, top_k, n_sink, n_local, scale, vote_pool, gqa_mapping, implementation: as
+        :func:`select_tokens` (the implementation runs the selection on a miss).
       threshold: cosine similarity above which the stored selection is reused (the authors'
         default 0.9); may be traced (e.g. vmapped over thresholds). ``> 1`` never hits.
 
     Returns:
       ``(indices, valid, new_state, hit)``; ``hit`` a bool scalar.
     """
-    _checks.check_qk(q, k)
-    n = k.shape[0]
-    kv_len = _checks.check_kv_len(kv_len, n)
-    budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=n)
+    kv_len, budget = _checks.check_select(
+        q, k, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, vote_pool=vote_pool,
+        gqa_mapping=gqa_mapping,
+    )  # fmt: skip
     if state.indices.shape != (budget,) or state.query.shape != q.shape:
         raise ValueError(
             f"state does not match this call: state.indices.shape={state.indices.shape} vs budget "
@@ -142,6 +140,7 @@ def cached_select(
             scale=scale,
             vote_pool=vote_pool,
             gqa_mapping=gqa_mapping,
+            implementation=implementation,
         )
         return idx, valid, q.astype(jnp.float32)
 

@@ -31,6 +31,15 @@ def _chunk_mask(c: int, chunk_len: jax.Array | int | None) -> jax.Array:
     return mask
 
 
+def chunk_query(q_chunk: jax.Array, chunk_len: jax.Array | int | None = None) -> jax.Array:
+    """The mean ``[Hq, d]`` float32 of the first ``chunk_len`` rows of ``q_chunk [C, Hq, d]``
+    (all rows when ``None``): the one query a prefill chunk selects with."""
+    c = q_chunk.shape[0]
+    rows = jnp.ones((c,), bool) if chunk_len is None else jnp.arange(c) < chunk_len
+    w = rows.astype(jnp.float32) / jnp.maximum(jnp.sum(rows), 1)
+    return jnp.einsum("c,chd->hd", w, q_chunk.astype(jnp.float32))
+
+
 def prefill_select(
     q_chunk: jax.Array,
     k: jax.Array,
@@ -43,6 +52,7 @@ def prefill_select(
     vote_pool: int = 1,
     gqa_mapping: str = "group",
     chunk_len: jax.Array | int | None = None,
+    implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array]:
     """One selection of past tokens for a whole prefill chunk, with the chunk's mean query.
 
@@ -52,16 +62,14 @@ def prefill_select(
         are candidates, so the chunk may already be written at ``kv_len..kv_len+C-1``.
       kv_len: number of past tokens.
       chunk_len: number of real rows of ``q_chunk`` (the rest is padding); ``None`` = all C.
-      top_k, n_sink, n_local, scale, vote_pool, gqa_mapping: as :func:`select_tokens`.
+      top_k, n_sink, n_local, scale, vote_pool, gqa_mapping, implementation: as
+        :func:`select_tokens`.
 
     Returns:
       ``(indices, valid)`` over the past, as :func:`select_tokens`.
     """
     _checks.check_qk(q_chunk, k, q_name="q_chunk", q_layout="[C, Hq, d]")
-    c = q_chunk.shape[0]
-    rows = jnp.ones((c,), bool) if chunk_len is None else jnp.arange(c) < chunk_len
-    w = rows.astype(jnp.float32) / jnp.maximum(jnp.sum(rows), 1)
-    q_bar = jnp.einsum("c,chd->hd", w, q_chunk.astype(jnp.float32))
+    q_bar = chunk_query(q_chunk, chunk_len)
     return select_tokens(
         q_bar,
         k,
@@ -72,6 +80,7 @@ def prefill_select(
         scale=scale,
         vote_pool=vote_pool,
         gqa_mapping=gqa_mapping,
+        implementation=implementation,
     )
 
 

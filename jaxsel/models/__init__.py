@@ -9,14 +9,17 @@
   user cache).
 - :func:`generate`: chunked prefill into a static :class:`KVCache`, jitted decode loop, greedy or
   top-p sampling, with an attention policy per call (:class:`Dense`, :class:`TokenSelect`,
-  :class:`Streaming`; :func:`make_policy`); :func:`start_generation` + ``decode_jit`` for decoding
+  :class:`Streaming`, :class:`Quest`; :func:`make_policy`, :func:`at_paper_budget`); :func:`start_generation` + ``decode_jit`` for decoding
   in pieces, :func:`stream_generate` (token ids) and :func:`stream_text` (text, with
   :func:`load_pretrained` and :func:`chat_prompt`); :func:`sequence_nll` for perplexity.
+- :func:`speculative_generate`: lossless multi-draft speculative sampling, the same weights with a
+  sparse attention policy drafting and dense attention verifying (:mod:`jaxsel.speculative`
+  schemes select the token).
 """
 
 from jaxsel.models.cache import KVCache, init_cache
 from jaxsel.models.config import DecoderConfig, RopeScaling
-from jaxsel.models.decoder import Decoder, forward, forward_chunk, init_params
+from jaxsel.models.decoder import forward, forward_chunk, init_params
 from jaxsel.models.fetch import fetch_model, model_path
 from jaxsel.models.generate import (
     StreamStats,
@@ -28,7 +31,16 @@ from jaxsel.models.generate import (
 )
 from jaxsel.models.gguf import load_gguf
 from jaxsel.models.hf import load_hf_checkpoint
-from jaxsel.models.policies import Dense, Streaming, TokenSelect, make_policy
+from jaxsel.models.module import Decoder
+from jaxsel.models.policies import (
+    Dense,
+    Quest,
+    Streaming,
+    TokenSelect,
+    at_paper_budget,
+    make_policy,
+)
+from jaxsel.models.speculative import SpeculativeStats, speculative_generate
 from jaxsel.models.text import chat_prompt, load_pretrained, stream_text
 from jaxsel.models.tokenizer import Tokenizer
 
@@ -37,11 +49,14 @@ __all__ = [
     "DecoderConfig",
     "Dense",
     "KVCache",
+    "Quest",
     "RopeScaling",
+    "SpeculativeStats",
     "StreamStats",
     "Streaming",
     "TokenSelect",
     "Tokenizer",
+    "at_paper_budget",
     "chat_prompt",
     "fetch_model",
     "forward",
@@ -56,6 +71,7 @@ __all__ = [
     "model_path",
     "sample_token",
     "sequence_nll",
+    "speculative_generate",
     "start_generation",
     "stream_generate",
     "stream_text",

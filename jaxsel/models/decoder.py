@@ -1,4 +1,5 @@
-"""Llama-family causal decoder: parameters, pure apply functions and a thin flax NNX wrapper.
+"""Llama-family causal decoder: parameters and pure apply functions (the flax NNX wrapper is
+:class:`jaxsel.models.module.Decoder`).
 
 The pure functions are the source of truth. They work on ONE sequence (callers ``vmap`` over the
 batch) and on a preallocated cache of static length ``N``:
@@ -23,15 +24,13 @@ attention softmax(q_h . k_j / sqrt(d)) with head h reading kv head h // (Hq / Hk
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
 from jaxsel.attention import apply_rope
+from jaxsel.models import policies as pol
 from jaxsel.models.config import DecoderConfig
 
 Params = dict[str, Any]
@@ -157,8 +156,11 @@ def output_projection(lp: Params, o: jax.Array) -> jax.Array:
 def lm_logits(params: Params, x: jax.Array, config: DecoderConfig) -> jax.Array:
     """x [C, D] -> float32 logits [C, V] after the final norm."""
     h = rms_norm(x, params["final_norm"], eps=config.rms_norm_eps)
-    w = params["embed"].T if config.tie_word_embeddings else params["lm_head"]
-    return jnp.dot(h, w, preferred_element_type=jnp.float32)
+    if config.tie_word_embeddings:
+        # Contract with embed [V, D] directly: a transposed copy of the embedding (113 MB for
+        # SmolLM2) would otherwise be materialised on every decode step.
+        return jnp.einsum("cD,VD->cV", h, params["embed"], preferred_element_type=jnp.float32)
+    return jnp.dot(h, params["lm_head"], preferred_element_type=jnp.float32)
 
 
 def forward_chunk(
@@ -193,8 +195,6 @@ def forward_chunk(
       slots ``start .. start + C - 1`` and ``kv_len = start + C`` valid tokens; with
       ``return_hidden=True`` a fifth element, the final-normed hidden states ``[C, D]``.
     """
-    from jaxsel.models import policies as pol
-
     policy = pol.DENSE if policy is None else policy
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be [C] (one sequence), got shape {tokens.shape}")
@@ -210,12 +210,19 @@ def forward_chunk(
     # A Python int start stays static: dense attention then loops over a static number of key
     # blocks (a scan, so reverse-mode differentiation works, as training needs).
     start = start if isinstance(start, int) else jnp.asarray(start, jnp.int32)
-    new_k, new_v, new_states = [], [], []
+    new_states = []
     for i, lp in enumerate(params["layers"]):
         h = rms_norm(x, lp["attn_norm"], eps=config.rms_norm_eps)
         q, k, v = qkv_projection(lp, h)
-        ck = jax.lax.dynamic_update_slice(cache_k[i], k.astype(cache_k.dtype), (start, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cache_v[i], v.astype(cache_v.dtype), (start, 0, 0))
+        # Written into the whole [L, N, Hkv, d] cache (updated in place; per-layer copies stacked
+        # back together would rebuild the whole cache every call).
+        cache_k = jax.lax.dynamic_update_slice(
+            cache_k, k[None].astype(cache_k.dtype), (i, start, 0, 0)
+        )
+        cache_v = jax.lax.dynamic_update_slice(
+            cache_v, v[None].astype(cache_v.dtype), (i, start, 0, 0)
+        )
+        ck, cv = cache_k[i], cache_v[i]
         state = None if select_states is None else select_states[i]
         o, state = pol.attend(
             policy,
@@ -231,11 +238,9 @@ def forward_chunk(
         x = x + output_projection(lp, o.astype(dtype))
         h = rms_norm(x, lp["mlp_norm"], eps=config.rms_norm_eps)
         x = x + mlp(lp, h)
-        new_k.append(ck)
-        new_v.append(cv)
         new_states.append(state)
     states = None if select_states is None else tuple(new_states)
-    out = lm_logits(params, x, config), jnp.stack(new_k), jnp.stack(new_v), states
+    out = lm_logits(params, x, config), cache_k, cache_v, states
     if return_hidden:
         return (*out, rms_norm(x, params["final_norm"], eps=config.rms_norm_eps))
     return out
@@ -256,50 +261,3 @@ def forward(
     ck, cv = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
     out = forward_chunk(params, tokens, ck, cv, 0, config=config, return_hidden=return_hidden)
     return (out[0], out[4]) if return_hidden else out[0]
-
-
-# ----------------------------------------------------------------------------- NNX wrapper
-class Decoder(nnx.Module):
-    """Thin flax NNX wrapper: parameters as ``nnx.Param`` leaves, math in the pure functions.
-
-    ``m(tokens [B, T] int32) -> logits [B, T, V]`` (dense, float32). ``m.params_tree()`` returns the
-    plain pytree for the jitted paths (:func:`jaxsel.models.generate.generate`).
-    """
-
-    def __init__(
-        self,
-        config: DecoderConfig,
-        *,
-        rngs: nnx.Rngs | None = None,
-        params: Params | None = None,
-        dtype: Any = jnp.float32,
-    ):
-        self.config = config
-        if params is None:
-            key = rngs.params() if rngs is not None else jax.random.key(0)
-            params = jax.jit(init_params, static_argnums=1, static_argnames="dtype")(
-                key, config, dtype=dtype
-            )
-        self.params = nnx.data(jax.tree.map(nnx.Param, params))
-
-    def params_tree(self) -> Params:
-        return jax.tree.map(
-            lambda v: v[...], self.params, is_leaf=lambda v: isinstance(v, nnx.Param)
-        )
-
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        tokens = jnp.asarray(tokens)
-        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"tokens must be int [B, T], got {tokens.dtype}{list(tokens.shape)}")
-        return _batched_forward(self.params_tree(), tokens.astype(jnp.int32), self.config)
-
-    def generate(self, prompts: Any, **kwargs: Any) -> np.ndarray:
-        """See :func:`jaxsel.models.generate.generate`."""
-        from jaxsel.models.generate import generate
-
-        return generate(self.params_tree(), self.config, prompts, **kwargs)
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _batched_forward(params: Params, tokens: jax.Array, config: DecoderConfig) -> jax.Array:
-    return jax.vmap(lambda t: forward(params, t, config=config))(tokens)

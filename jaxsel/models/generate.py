@@ -29,6 +29,24 @@ from jaxsel.models.config import DecoderConfig
 from jaxsel.models.decoder import Params, forward_chunk
 
 
+def _check_sampling(temperature: float, top_p: float) -> None:
+    if temperature < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature=}, {top_p=}")
+
+
+def _nucleus_logits(logits: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    """``logits / temperature`` with ``-inf`` outside the nucleus: sort probabilities
+    descending, keep the smallest prefix whose mass reaches ``top_p`` (the first token always)."""
+    scaled = logits.astype(jnp.float32) / temperature
+    if top_p < 1.0:
+        order = jnp.argsort(-scaled)
+        p_sorted = jax.nn.softmax(scaled[order])
+        keep_sorted = (jnp.cumsum(p_sorted) - p_sorted) < top_p
+        keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
+        scaled = jnp.where(keep, scaled, -jnp.inf)
+    return scaled
+
+
 def sample_token(
     logits: jax.Array, key: jax.Array, *, temperature: float = 0.0, top_p: float = 1.0
 ) -> jax.Array:
@@ -37,19 +55,25 @@ def sample_token(
     Nucleus: sort probabilities descending, keep the smallest prefix whose mass reaches ``top_p``
     (the first token always), renormalise, draw with ``key``.
     """
-    if temperature < 0 or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature=}, {top_p=}")
-    logits = logits.astype(jnp.float32)
+    _check_sampling(temperature, top_p)
     if temperature == 0.0:
-        return jnp.argmax(logits).astype(jnp.int32)
-    scaled = logits / temperature
-    if top_p < 1.0:
-        order = jnp.argsort(-scaled)
-        p_sorted = jax.nn.softmax(scaled[order])
-        keep_sorted = (jnp.cumsum(p_sorted) - p_sorted) < top_p
-        keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
-        scaled = jnp.where(keep, scaled, -jnp.inf)
+        return jnp.argmax(logits.astype(jnp.float32)).astype(jnp.int32)
+    scaled = _nucleus_logits(logits, temperature, top_p)
     return jax.random.categorical(key, scaled).astype(jnp.int32)
+
+
+def sampling_probs(logits: jax.Array, *, temperature: float = 0.0, top_p: float = 1.0) -> jax.Array:
+    """The distribution :func:`sample_token` draws from, ``[..., V]`` float32: one-hot on the
+    argmax when ``temperature == 0``, else the renormalised nucleus of ``softmax(logits / T)``."""
+    _check_sampling(temperature, top_p)
+    if temperature == 0.0:
+        v = logits.shape[-1]
+        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), v, dtype=jnp.float32)
+    if top_p < 1.0:
+        return jax.vmap(
+            lambda lg: jax.nn.softmax(_nucleus_logits(lg, temperature, top_p)),
+        )(logits.reshape(-1, logits.shape[-1])).reshape(logits.shape)
+    return jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
 
 
 def _pad_prompts(prompts: Any, lengths: Any, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,8 +104,10 @@ def batch_map(fn: Any, *args: Any) -> Any:
     sizes = {x.shape[0] for x in jax.tree.leaves(args)}
     if sizes != {1}:
         return jax.vmap(fn)(*args)
-    out = fn(*jax.tree.map(lambda x: x[0], args))
-    return jax.tree.map(lambda x: x[None], out)
+    # Reshapes, not x[0] / x[None]: a reshape that drops or adds a unit axis is a bitcast, where
+    # slicing the batch axis off a carried KV cache copied the whole cache every decode step.
+    out = fn(*jax.tree.map(lambda x: x.reshape(x.shape[1:]), args))
+    return jax.tree.map(lambda x: x.reshape((1, *x.shape)), out)
 
 
 def prefill(
@@ -94,11 +120,17 @@ def prefill(
     n_tokens: int,
     chunk: int,
     policy: pol.Policy,
+    first_chunk: jax.Array | None = None,
 ) -> KVCache:
     """Writes tokens ``[:, :n_tokens]`` into the cache in chunks of ``chunk`` (traced in ``scan``).
 
     Sequence b keeps ``length = min(lengths[b], n_tokens)`` valid slots; its tokens past its own
     length are padding (causally after every real token, so they never change a real one).
+
+    ``first_chunk`` (an int32 scalar, may be traced) resumes a prefill: the cache already holds
+    chunks ``0 .. first_chunk - 1`` of these same tokens and only the chunks from ``first_chunk``
+    on are computed (a ``fori_loop`` with a traced start, so one compilation serves every resume
+    point). The result is the full prefill's: chunk boundaries do not move.
     """
     B = tokens.shape[0]
     limit = jnp.minimum(lengths, n_tokens).astype(jnp.int32)
@@ -114,7 +146,15 @@ def prefill(
 
     n_full, rest = divmod(n_tokens, chunk)
     ck, cv = cache.k, cache.v
-    if n_full:
+    if n_full and first_chunk is not None:
+
+        def resume_body(i, carry):
+            toks = jax.lax.dynamic_slice_in_dim(tokens, i * chunk, chunk, axis=1)
+            return run(*carry, i * chunk, toks)
+
+        start = jnp.asarray(first_chunk, jnp.int32)
+        ck, cv = jax.lax.fori_loop(start, jnp.int32(n_full), resume_body, (ck, cv))
+    elif n_full:
         full = tokens[:, : n_full * chunk].reshape(B, n_full, chunk).transpose(1, 0, 2)
 
         def body(carry, x):
@@ -148,6 +188,21 @@ class DecodeState(NamedTuple):
     done: jax.Array
     select_states: Any
     hits: jax.Array
+
+
+def _first_decode_state(cache, tokens, lengths, policy, config) -> DecodeState:
+    """The state after a prefill: each sequence's last prompt token is fed by the first step."""
+    B = tokens.shape[0]
+    last = jnp.take_along_axis(tokens, (lengths - 1)[:, None], axis=1)[:, 0]
+    return DecodeState(
+        cache.k,
+        cache.v,
+        lengths - 1,
+        last,
+        jnp.zeros((B,), bool),
+        _select_states(policy, config, B),
+        jnp.zeros((B,), jnp.float32),
+    )
 
 
 @functools.partial(
@@ -190,16 +245,53 @@ def prefill_jit(
     cache = prefill(
         params, config, tokens, lengths - 1, cache, n_tokens=n_prefill, chunk=chunk, policy=policy
     )
-    last = jnp.take_along_axis(tokens, (lengths - 1)[:, None], axis=1)[:, 0]
-    return DecodeState(
-        cache.k,
-        cache.v,
+    return _first_decode_state(cache, tokens, lengths, policy, config)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("config", "policy", "chunk", "n_prefill", "cache_len", "cache_dtype")
+)
+def prefill_resume_jit(
+    params: Params,
+    prefix: DecodeState,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    first_chunk: jax.Array,
+    *,
+    config: DecoderConfig,
+    policy: pol.Policy,
+    cache_len: int,
+    chunk: int,
+    n_prefill: int,
+    cache_dtype: Any = None,
+) -> DecodeState:
+    """:func:`prefill_jit` of ``tokens`` reusing the cache of ``prefix``, a state prefilled (with
+    the same policy, chunk and cache length) from prompts that agree with ``tokens`` on their first
+    ``first_chunk * chunk`` tokens: only the chunks from ``first_chunk`` on are computed.
+
+    For many prompts that share a long prefix (the filler of a passkey test), prefill the prefix
+    once and resume per prompt; the result equals a full prefill. ``prefix`` is not modified.
+    ``cache_len`` and ``cache_dtype`` are accepted so the static arguments of
+    :func:`prefill_arguments` pass through; they must match the prefix's cache.
+    """
+    if prefix.k.shape[2] != cache_len:
+        raise ValueError(
+            f"prefix cache holds {prefix.k.shape[2]} tokens but cache_len={cache_len}: prefill "
+            "the prefix with the same prefill_arguments"
+        )
+    cache = KVCache(prefix.k, prefix.v, prefix.pos)
+    cache = prefill(
+        params,
+        config,
+        tokens,
         lengths - 1,
-        last,
-        jnp.zeros((B,), bool),
-        _select_states(policy, config, B),
-        jnp.zeros((B,), jnp.float32),
+        cache,
+        n_tokens=n_prefill,
+        chunk=chunk,
+        policy=policy,
+        first_chunk=first_chunk,
     )
+    return _first_decode_state(cache, tokens, lengths, policy, config)
 
 
 @functools.partial(
@@ -378,7 +470,7 @@ def generate(
       prompts: int ``[B, T]`` (right-padded, with ``lengths``) or a list of 1-D token sequences.
       max_new_tokens: number of tokens to generate (static).
       cache_len: static cache length; default ``max(lengths) + max_new_tokens``.
-      policy: ``"dense"``, ``"tokenselect"``, ``"streaming"`` or a policy object;
+      policy: ``"dense"``, ``"tokenselect"``, ``"streaming"``, ``"quest"`` or a policy object;
         ``policy_options`` are forwarded to :func:`jaxsel.models.policies.make_policy`. A sparse
         policy whose budget covers the cache attends densely (exactly dense attention).
       prefill_chunk: prefill chunk size (static).

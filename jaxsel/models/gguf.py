@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsel.models.config import DecoderConfig, RopeScaling
-from jaxsel.models.decoder import Decoder
 from jaxsel.models.hf import _to_ours, hf_tensor_names
+from jaxsel.models.module import Decoder
 
 GGUF_MAGIC = b"GGUF"
 
@@ -262,7 +262,7 @@ def dequantize_tensor(tensor: Any, path: str | os.PathLike = "<gguf>") -> np.nda
 
 
 def load_gguf(path: str | os.PathLike, *, dtype: Any = None) -> Decoder:
-    """Loads a ``llama`` GGUF file into a :class:`~jaxsel.models.decoder.Decoder`.
+    """Loads a ``llama`` GGUF file into a :class:`~jaxsel.models.module.Decoder`.
 
     Args:
       path: the ``.gguf`` file (e.g. from :func:`jaxsel.models.fetch.model_path`).

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsel.models.config import DecoderConfig
-from jaxsel.models.decoder import Decoder, Params
+from jaxsel.models.decoder import Params
+from jaxsel.models.module import Decoder
 
 _DTYPES = {
     "float32": jnp.float32,
@@ -156,7 +157,7 @@ def convert_hf_state(
 
 
 def load_hf_checkpoint(path: str | Path, *, dtype: Any = None) -> Decoder:
-    """Loads a local Hugging Face model folder into a :class:`~jaxsel.models.decoder.Decoder`.
+    """Loads a local Hugging Face model folder into a :class:`~jaxsel.models.module.Decoder`.
 
     Args:
       path: folder with ``config.json`` and ``model.safetensors`` (or a sharded

@@ -9,6 +9,9 @@ call of :func:`jaxsel.models.generate.generate`:
   compacted (``"compact"``: the gathered tokens get positions 0..B-1, so no relative distance exceeds
   the budget) or original (``"original"``).
 - :class:`Streaming` -- sinks + the recent window only (StreamingLLM, Xiao et al. 2023).
+- :class:`Quest` -- sinks + whole pages of ``page_size`` tokens ranked by Quest's min/max key bound
+  (Tang et al. 2024, arXiv 2406.10774) with TokenSelect's per-head soft vote + a local window: the
+  block-granular peer at the same budget (:func:`jaxsel.attention.page_select`).
 
 Each policy can use adaptive-temperature softmax (Velickovic et al. 2024, arXiv 2410.01104) and
 keep some layers dense (``dense_layers``, e.g. ``(0, 1)``). Keys are cached without RoPE; RoPE is
@@ -26,6 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+
+import jaxsel.attention as A
+from pallas_kernels._checks import check_budget
 
 if TYPE_CHECKING:
     from jaxsel.models.config import DecoderConfig
@@ -52,9 +58,10 @@ class TokenSelect:
       n_sink, top_k, n_local: budget parts (sinks, selected middle tokens, recent window).
       cache_threshold: Selection Cache cosine threshold (decode only); ``None`` selects every step.
       position_mode: ``"compact"`` or ``"original"`` RoPE positions for the gathered tokens.
-      implementation: ``"xla"`` or ``"pallas"``: forwarded to
-        :func:`jaxsel.attention.select_tokens` when it takes an ``implementation`` argument;
-        until the Pallas kernels land there, ``"pallas"`` runs the XLA path.
+      implementation: ``"xla"`` or ``"pallas"``: the implementation of the selection
+        (:func:`jaxsel.attention.select_tokens`) in every place it runs: decode, a Selection Cache
+        miss and each prefill chunk. The attention over the gathered tokens stays XLA: this cache
+        stores keys without RoPE and the Pallas sparse-decode kernel reads rotated keys.
       dense_layers: layer indices that attend densely.
       adaptive_temperature: adaptive-temperature softmax over the attended tokens.
       vote_pool: max-pooling window over neighbouring votes (1: off).
@@ -108,18 +115,49 @@ class Streaming:
         return self.n_sink + self.n_local
 
 
-Policy = Dense | TokenSelect | Streaming
+@dataclasses.dataclass(frozen=True)
+class Quest:
+    """Page-level selection: sinks + ``n_pages`` pages of ``page_size`` tokens + a local window.
+
+    Pages are ranked by Quest's upper bound on ``q . k`` from the page's element-wise key
+    minimum and maximum (arXiv 2406.10774), one page set per layer by per-head soft vote; see
+    :func:`jaxsel.attention.page_select`. Prefill chunks select once with the chunk's mean query.
+    """
+
+    n_sink: int = 4
+    n_pages: int = 4
+    page_size: int = 16
+    n_local: int = 64
+    position_mode: str = "compact"
+    dense_layers: tuple[int, ...] = ()
+    adaptive_temperature: bool = False
+    name: str = dataclasses.field(default="quest", init=False)
+
+    def __post_init__(self):
+        _check_budget(self.n_sink, self.n_local, self.n_pages, "n_pages")
+        if not isinstance(self.page_size, int) or self.page_size < 1:
+            raise ValueError(f"page_size must be an int >= 1, got {self.page_size!r}")
+        _check_mode(self.position_mode)
+        object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))
+
+    @property
+    def budget(self) -> int:
+        return self.n_sink + self.n_pages * self.page_size + self.n_local
+
+
+Policy = Dense | TokenSelect | Streaming | Quest
 DENSE = Dense()
-_BY_NAME = {"dense": Dense, "tokenselect": TokenSelect, "streaming": Streaming}
+_BY_NAME = {"dense": Dense, "tokenselect": TokenSelect, "streaming": Streaming, "quest": Quest}
 
 
 def make_policy(name: str | Policy, **options: Any) -> Policy:
-    """A policy from its name (``"dense"``, ``"tokenselect"``, ``"streaming"``) and options.
+    """A policy from its name (``"dense"``, ``"tokenselect"``, ``"streaming"``, ``"quest"``) and
+    options.
 
     Raises:
       ValueError: for an unknown name or an option the policy does not have.
     """
-    if isinstance(name, Dense | TokenSelect | Streaming):
+    if isinstance(name, Dense | TokenSelect | Streaming | Quest):
         return dataclasses.replace(name, **options) if options else name
     if name not in _BY_NAME:
         raise ValueError(f"unknown attention policy {name!r}; choose one of {sorted(_BY_NAME)}")
@@ -131,10 +169,30 @@ def make_policy(name: str | Policy, **options: Any) -> Policy:
     return cls(**options)
 
 
-def _check_budget(n_sink: int, n_local: int, top_k: int) -> None:
-    for label, val in (("n_sink", n_sink), ("n_local", n_local), ("top_k", top_k)):
-        if not isinstance(val, int) or val < 0:
-            raise ValueError(f"{label} must be a non-negative int, got {label}={val!r}")
+# The TokenSelect paper's budget for long-context evaluation (2688 tokens: 128 sinks, 2048 selected,
+# 512 local) and the peers' settings at the same budget.
+PAPER_BUDGET_OPTIONS: dict[str, dict[str, int]] = {
+    "dense": {},
+    "tokenselect": {"n_sink": 128, "top_k": 2048, "n_local": 512},
+    "streaming": {"n_sink": 128, "n_local": 2560},
+    "quest": {"n_sink": 128, "n_pages": 128, "page_size": 16, "n_local": 512},
+}
+
+
+def at_paper_budget(name: str, **options: Any) -> Policy:
+    """Policy ``name`` at the TokenSelect paper's 2688-token budget (:data:`PAPER_BUDGET_OPTIONS`),
+    with ``options`` overriding (e.g. ``position_mode="original"``)."""
+    if name not in PAPER_BUDGET_OPTIONS:
+        raise ValueError(f"unknown attention policy {name!r}; choose one of {sorted(_BY_NAME)}")
+    return make_policy(name, **{**PAPER_BUDGET_OPTIONS[name], **options})
+
+
+def _check_budget(n_sink: int, n_local: int, top_k: int, top_name: str = "top_k") -> None:
+    """The selectors' budget rule (:func:`pallas_kernels._checks.check_budget`, without the cache
+    length, which a policy does not know) plus ``n_local >= 1``: a decode step attends to itself."""
+    if top_name != "top_k" and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise ValueError(f"{top_name} must be a Python int >= 0, got {top_name}={top_k!r}")
+    check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=None)
     if n_local < 1:
         raise ValueError(f"n_local must be >= 1 (the current token is local), got {n_local=}")
 
@@ -163,27 +221,19 @@ def gathered_attention(
     (adaptive-temperature softmax, arXiv 2410.01104, when ``adaptive``). The plain path of
     training, HF parity and the dense policy; sparse policies use :mod:`jaxsel.attention`.
     """
-    from jaxsel.attention import adaptive_temperature_softmax
-    from jaxsel.models.decoder import rope
-
     C, Hq, d = q.shape
     Hkv = k.shape[1]
-    qr = rope(q, q_pos, config).reshape(C, Hkv, Hq // Hkv, d)
-    kr = rope(k, k_pos, config)
+    rope_kw = dict(theta=config.rope_theta, scaling=config.rope_scaling_dict())
+    qr = A.apply_rope(q, q_pos, **rope_kw).reshape(C, Hkv, Hq // Hkv, d)
+    kr = A.apply_rope(k, k_pos, **rope_kw)
     logits = jnp.einsum("ckgd,mkd->kgcm", qr, kr, preferred_element_type=jnp.float32)
     logits = jnp.where(mask[None, None], logits * (1.0 / jnp.sqrt(jnp.float32(d))), -jnp.inf)
     if adaptive:
-        p = adaptive_temperature_softmax(logits, axis=-1)
+        p = A.adaptive_temperature_softmax(logits, axis=-1)
     else:
         p = jax.nn.softmax(logits, axis=-1)
     o = jnp.einsum("kgcm,mkd->ckgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return o.reshape(C, Hq, d)
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(fn).parameters
 
 
 def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None):
@@ -191,16 +241,27 @@ def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None):
 
     ``sq`` is ``[Hq, d]`` (decode) or ``[C, Hq, d]`` (a prefill chunk: its mean query selects).
     """
-    import jaxsel.attention as A
-
     if isinstance(policy, Streaming):
         q1 = sq if sq.ndim == 2 else sq[0]
         idx, valid = A.streaming_select(
             q1, cache_k, kv_len, top_k=0, n_sink=policy.n_sink, n_local=policy.n_local
         )
         return idx, valid, state
+    if isinstance(policy, Quest):
+        q1 = A.chunk_query(sq, chunk_len) if sq.ndim == 3 else sq
+        idx, valid = A.page_select(
+            q1,
+            cache_k,
+            kv_len,
+            n_pages=policy.n_pages,
+            page_size=policy.page_size,
+            n_sink=policy.n_sink,
+            n_local=policy.n_local,
+        )
+        return idx, valid, state
     kw = dict(top_k=policy.top_k, n_sink=policy.n_sink, n_local=policy.n_local)
     kw["vote_pool"] = policy.vote_pool
+    kw["implementation"] = policy.implementation
     if sq.ndim == 3:
         idx, valid = A.prefill_select(sq, cache_k, kv_len, chunk_len=chunk_len, **kw)
         return idx, valid, state
@@ -209,8 +270,6 @@ def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None):
             state, sq, cache_k, kv_len, threshold=policy.cache_threshold, **kw
         )
         return idx, valid, state
-    if policy.implementation != "xla" and _accepts(A.select_tokens, "implementation"):
-        kw["implementation"] = policy.implementation
     idx, valid = A.select_tokens(sq, cache_k, kv_len, **kw)
     return idx, valid, state
 
@@ -245,8 +304,6 @@ def attend(
     tokens at compact or original positions. A prefill chunk (C > 1) selects over the tokens before
     it with its mean scoring query and attends causally over those plus itself.
     """
-    import jaxsel.attention as A
-
     C = q.shape[0]
     N = cache_k.shape[0]
     adaptive = policy.adaptive_temperature
@@ -329,9 +386,7 @@ def attend(
 
 def init_select_state(policy: TokenSelect, config: DecoderConfig) -> Any:
     """An empty Selection Cache state for one layer of one sequence."""
-    from jaxsel.attention import SelectionCacheState
-
     q = jax.ShapeDtypeStruct((config.num_heads, config.head_dim), jnp.float32)
-    return SelectionCacheState.init(
+    return A.SelectionCacheState.init(
         q, top_k=policy.top_k, n_sink=policy.n_sink, n_local=policy.n_local
     )

@@ -14,10 +14,10 @@ from typing import Any
 import jax
 
 from jaxsel.models import policies as pol
-from jaxsel.models.decoder import Decoder
 from jaxsel.models.fetch import model_path
 from jaxsel.models.generate import StreamStats, stream_generate
 from jaxsel.models.gguf import load_gguf
+from jaxsel.models.module import Decoder
 from jaxsel.models.tokenizer import Tokenizer
 
 

@@ -11,6 +11,7 @@ from flax import nnx
 from jaxsel.models import (
     Decoder,
     DecoderConfig,
+    Quest,
     Streaming,
     TokenSelect,
     generate,
@@ -145,8 +146,8 @@ def test_bad_input_errors(model):
     p = model.params_tree()
     with pytest.raises(ValueError, match=r"39 tokens \+ max_new_tokens=30 = 69 .*cache_len=64"):
         generate(p, CFG, PROMPTS, max_new_tokens=30, cache_len=64)
-    with pytest.raises(ValueError, match="unknown attention policy 'quest'"):
-        generate(p, CFG, PROMPTS, max_new_tokens=2, policy="quest")
+    with pytest.raises(ValueError, match="unknown attention policy 'blocksparse'"):
+        generate(p, CFG, PROMPTS, max_new_tokens=2, policy="blocksparse")
     with pytest.raises(ValueError, match="no option"):
         make_policy("streaming", top_k=3)
     with pytest.raises(ValueError, match="position_mode"):
@@ -178,3 +179,47 @@ def test_forward_return_hidden_feeds_the_lm_head(model):
     np.testing.assert_allclose(
         np.asarray(logits), np.asarray(model(tokens[None])[0]), rtol=1e-6, atol=1e-6
     )
+
+
+def test_quest_pages_dense_when_covered_sparse_otherwise(model):
+    p = model.params_tree()
+    dense = generate(p, CFG, PROMPTS, **KW)
+    covered = Quest(n_sink=4, n_pages=4, page_size=8, n_local=28)  # budget 64 = cache_len
+    np.testing.assert_array_equal(generate(p, CFG, PROMPTS, policy=covered, **KW), dense)
+    small = Quest(n_sink=2, n_pages=1, page_size=4, n_local=4)
+    out = generate(p, CFG, PROMPTS, policy=small, **KW)
+    assert out.shape == dense.shape and not np.array_equal(out[:1], dense[:1])
+    with pytest.raises(ValueError, match="n_pages must be"):
+        Quest(n_pages=-1)
+    with pytest.raises(ValueError, match="page_size must be"):
+        Quest(page_size=0)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "dense",
+        TokenSelect(n_sink=2, top_k=8, n_local=4),
+        Quest(n_sink=2, n_pages=2, page_size=4, n_local=4),
+    ],
+)
+def test_prefill_resumed_from_a_shared_prefix_equals_a_full_prefill(model, policy):
+    from jaxsel.models.generate import prefill_arguments, prefill_jit, prefill_resume_jit
+
+    p = model.params_tree()
+    rng = np.random.default_rng(0)
+    base = rng.integers(1, 61, size=45).astype(np.int32)
+    other = base.copy()
+    other[29:] = rng.integers(1, 61, size=16)  # differs from token 29 on: chunk 3 of 8 tokens
+    kw = dict(max_new_tokens=4, prefill_chunk=8, policy=policy)
+    _, args_b, static = prefill_arguments([base], **kw)
+    _, args_o, static_o = prefill_arguments([other], **kw)
+    assert static == static_o
+    prefix = prefill_jit(p, *args_b, config=CFG, **static)
+    full = prefill_jit(p, *args_o, config=CFG, **static)
+    resumed = prefill_resume_jit(p, prefix, *args_o, jnp.int32(29 // 8), config=CFG, **static)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Resuming from too late a chunk keeps the prefix's stale keys: the check can fail.
+    stale = prefill_resume_jit(p, prefix, *args_o, jnp.int32(5), config=CFG, **static)
+    assert not np.array_equal(np.asarray(stale.k), np.asarray(full.k))
