@@ -1,0 +1,100 @@
+"""Executes the notebooks in ``notebooks/`` and stores their outputs.
+
+    .venv/bin/python scripts/run_notebooks.py                 # every notebook
+    .venv/bin/python scripts/run_notebooks.py 06_diffusion    # some, by name
+
+Each notebook's percent-format script ``notebooks/<name>.py`` is the source: it is read with
+jupytext, executed top to bottom by a kernel running this interpreter (so the notebooks see the
+same jax and jaxsel as the caller, whatever kernels Jupyter has installed), and written to
+``notebooks/<name>.ipynb`` with its outputs, paired to the script (``jupytext --sync`` keeps the two
+in step after an edit in Jupyter). The notebooks run as written, ``QUICK = True`` included.
+``tests/test_notebooks.py`` executes them the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+from ipykernel.kernelspec import write_kernel_spec
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL = "python3"
+#: Pairing metadata: Jupyter with jupytext saves both files on every edit.
+FORMATS = "ipynb,py:percent"
+
+
+def notebook_scripts(names: list[str] | None = None) -> list[Path]:
+    """The percent-format sources ``notebooks/NN_*.py``, all or those whose stem is in ``names``."""
+    scripts = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+    if names:
+        unknown = set(names) - {p.stem for p in scripts}
+        if unknown:
+            raise ValueError(f"no notebook named {sorted(unknown)} in {NOTEBOOKS}")
+        scripts = [p for p in scripts if p.stem in names]
+    return scripts
+
+
+def read_script(path: Path) -> nbformat.NotebookNode:
+    """The notebook of a percent-format script, with stable cell ids (diffs show real changes)."""
+    nb = jupytext.read(path)
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"
+    nb.metadata.setdefault("jupytext", {})["formats"] = FORMATS
+    return nb
+
+
+def kernel_env() -> dict[str, str]:
+    """This process's environment without the test suite's 8 virtual CPU devices (the notebooks
+    run on the machine as a reader's would)."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
+
+def execute(nb: nbformat.NotebookNode, cwd: Path, *, timeout: float = 900) -> float:
+    """Runs every cell of ``nb`` in place (outputs stored in it) with this interpreter's ipykernel;
+    raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell. Returns seconds."""
+    with tempfile.TemporaryDirectory() as specs:
+        # A kernelspec naming sys.executable, found before any user-level "python3" kernelspec.
+        write_kernel_spec(Path(specs) / KERNEL)
+        km = KernelManager(
+            kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[specs])
+        )
+        client = NotebookClient(
+            nb,
+            km=km,
+            timeout=timeout,
+            record_timing=False,
+            resources={"metadata": {"path": str(cwd)}},
+        )
+        t0 = time.perf_counter()
+        client.execute(env=kernel_env())
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("names", nargs="*", help="notebook names (default: all)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per cell")
+    args = p.parse_args()
+    for script in notebook_scripts(args.names):
+        nb = read_script(script)
+        seconds = execute(nb, script.parent, timeout=args.timeout)
+        out = script.with_suffix(".ipynb")
+        jupytext.write(nb, out, fmt="ipynb")
+        print(f"{out.relative_to(NOTEBOOKS.parent)}: executed in {seconds:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
