@@ -41,6 +41,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--schemes", default=",".join(S.SCHEMES))
     p.add_argument("--drafts", default="1,2,4")
     p.add_argument("--gammas", default="2,4,8")
+    p.add_argument(
+        "--cells",
+        default="",
+        help="explicit scheme:K:gamma cells instead of the grid, e.g. single:1:4,specinfer:2:4",
+    )
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--draft", choices=("tokenselect", "streaming", "quest"), default="tokenselect")
@@ -77,7 +82,10 @@ def main() -> None:
     rows = []
     for length in [int(s) for s in args.lengths.split(",")]:
         ids = devil_tokens(tok, length)
-        gmax = max(int(g) for g in args.gammas.split(","))
+        gmax = max(
+            [int(g) for g in args.gammas.split(",")]
+            + [int(c.split(":")[2]) for c in args.cells.split(",") if c]
+        )
         _, pargs, static = prefill_arguments(
             [ids], max_new_tokens=n_new, cache_len=length + n_new + gmax + 1, policy=dense
         )
@@ -113,6 +121,11 @@ def main() -> None:
             for g in args.gammas.split(",")
             if not (s == "single" and int(k) > 1)
         ]
+        if args.cells:
+            cells = [
+                (c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2]))
+                for c in args.cells.split(",")
+            ]
         for name, K, g in tqdm(cells, desc=f"{length}"):
             kw = dict(
                 config=config,

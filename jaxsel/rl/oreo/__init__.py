@@ -14,7 +14,6 @@ Self-Consistency (:mod:`.consistency`) at test time.
     out = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 3))  # 3 seeds
 """
 
-from jaxsel.utils.compile import FAST_COMPILE
 from jaxsel.rl.oreo.config import OreoConfig, OreoHyperparams
 from jaxsel.rl.oreo.consistency import majority_vote, soft_self_consistency, soft_vote
 from jaxsel.rl.oreo.data import OfflineData, collect, dpo_pairs, sample_responses
@@ -68,6 +67,7 @@ from jaxsel.rl.oreo.train import (
     optimizer,
     value_init,
 )
+from jaxsel.utils.compile import FAST_COMPILE
 
 __all__ = [
     "FAST_COMPILE",

@@ -12,8 +12,8 @@ from jax import Array
 from jaxsel.rl.oreo import model as M
 from jaxsel.rl.oreo import search
 from jaxsel.rl.oreo import task as T
-from jaxsel.utils.compile import cached_jit
 from jaxsel.rl.oreo.config import OreoConfig
+from jaxsel.utils.compile import cached_jit
 
 Params = dict[str, Any]
 

@@ -13,9 +13,9 @@ from jax import Array
 from jaxsel.rl.oreo import consistency, search
 from jaxsel.rl.oreo import model as M
 from jaxsel.rl.oreo import task as T
-from jaxsel.utils.compile import cached_jit
 from jaxsel.rl.oreo.config import OreoConfig
 from jaxsel.rl.oreo.data import OfflineData, batch_masks, batch_rewards, collect, sample_responses
+from jaxsel.utils.compile import cached_jit
 
 Params = dict[str, Any]
 

@@ -28,9 +28,9 @@ from jax.typing import ArrayLike
 
 from jaxsel.rl.oreo import losses
 from jaxsel.rl.oreo import model as M
-from jaxsel.utils.compile import fast_jit
 from jaxsel.rl.oreo.config import OreoConfig
 from jaxsel.rl.oreo.data import OfflineData, batch_logps, batch_masks
+from jaxsel.utils.compile import fast_jit
 
 Params = dict[str, Any]
 GradFn = Callable[[tuple[Params, ...], Array], tuple[tuple[Params, ...], Array]]
