@@ -33,9 +33,8 @@ from jaxsel._bench import format_table, write_json
 from jaxsel.models import Tokenizer, load_gguf, model_path
 from jaxsel.models import policies as pol
 from jaxsel.models.generate import decode_jit, prefill_arguments, prefill_jit
+from jaxsel.models.longcontext import devil_dictionary_tokens
 from jaxsel.models.speculative import speculative_decode_jit
-
-DEVIL = Path("/usr/share/dictd/devil.dict.dz")
 
 
 def parse() -> argparse.Namespace:
@@ -61,18 +60,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--bounds-only", action="store_true", help="only the acceptance table")
     p.add_argument("--out", type=Path, default=Path("results/speculative"))
     return p.parse_args()
-
-
-def devil_tokens(tok, n: int) -> np.ndarray:
-    import gzip
-
-    if not DEVIL.exists():
-        raise FileNotFoundError(f"{DEVIL} missing: apt-get install dict-devil")
-    text = gzip.open(DEVIL).read().decode("utf-8", "replace")
-    ids = np.asarray(tok.encode(text, add_special_tokens=False), np.int32)
-    if len(ids) < n:
-        raise ValueError(f"the text has {len(ids)} tokens, fewer than {n}")
-    return ids[:n]
 
 
 def acceptance_table(params, config, state, text_next, draft, temperature: float) -> dict:
@@ -141,7 +128,8 @@ def main() -> None:
     T, n_new = float(args.temperature), args.new_tokens
     rows, bounds = [], {}
     for length in [int(s) for s in args.lengths.split(",")]:
-        text = devil_tokens(tok, length + args.bound_positions)
+        encode = lambda t: tok.encode(t, add_special_tokens=False)
+        text = devil_dictionary_tokens(encode, length + args.bound_positions)
         ids, text_next = text[:length], text[length:]
         gmax = max(
             [int(g) for g in args.gammas.split(",")]

@@ -25,7 +25,6 @@ finished cells (``--no-resume`` starts over). ``--plot-only`` redraws the PNG fr
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from pathlib import Path
@@ -54,7 +53,6 @@ POLICIES = {
     "streaming": pol.at_paper_budget("streaming"),
     "quest": pol.at_paper_budget("quest"),
 }
-DEVIL = Path("/usr/share/dictd/devil.dict.dz")
 
 
 def parse() -> argparse.Namespace:
@@ -138,13 +136,6 @@ def passkey_cell(params, config, tok, policy, length, trials, new_tokens, done=(
         "decode_s_mean": mean("decode_s"),
         "answers": answers,
     }
-
-
-def devil_tokens(tok) -> np.ndarray:
-    if not DEVIL.exists():
-        raise FileNotFoundError(f"{DEVIL} missing: apt-get install dict-devil")
-    text = gzip.open(DEVIL).read().decode("utf-8", "replace")
-    return np.asarray(tok.encode(text, add_special_tokens=False), np.int32)
 
 
 def ppl_cell(params, config, tokens: np.ndarray, policy, length: int) -> dict:
@@ -246,7 +237,7 @@ def main() -> None:
                 flush=True,
             )
     if args.ppl_lengths:
-        tokens = devil_tokens(tok)
+        tokens = lc.devil_dictionary_tokens(lambda t: tok.encode(t, add_special_tokens=False))
         for length in [int(s) for s in args.ppl_lengths.split(",")]:
             for name in args.policies.split(","):
                 cell = f"{name}@{length}"

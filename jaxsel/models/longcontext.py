@@ -10,9 +10,13 @@ when the first integer it writes equals K.
 
 from __future__ import annotations
 
+import gzip
 import math
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
 
 TASK = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
@@ -75,3 +79,24 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, 
 def depths(n: int) -> Sequence[float]:
     """``n`` needle depths evenly spread over [0, 1] (both ends included for n > 1)."""
     return [i / max(n - 1, 1) for i in range(n)]
+
+
+# The Devil's Dictionary (Ambrose Bierce, public domain), as Debian's dict-devil package ships it:
+# a long English text for perplexity and natural-text prompts.
+DEVIL_DICTIONARY = Path("/usr/share/dictd/devil.dict.dz")
+
+
+def devil_dictionary_tokens(encode: Callable[[str], list[int]], n: int | None = None) -> np.ndarray:
+    """The first ``n`` tokens (all when ``None``) of The Devil's Dictionary, int32.
+
+    Raises:
+      FileNotFoundError: the text is not installed (``apt-get install dict-devil``).
+      ValueError: the text has fewer than ``n`` tokens.
+    """
+    if not DEVIL_DICTIONARY.exists():
+        raise FileNotFoundError(f"{DEVIL_DICTIONARY} missing: apt-get install dict-devil")
+    text = gzip.open(DEVIL_DICTIONARY).read().decode("utf-8", "replace")
+    ids = np.asarray(encode(text), np.int32)
+    if n is not None and len(ids) < n:
+        raise ValueError(f"The Devil's Dictionary has {len(ids)} tokens, fewer than n={n}")
+    return ids if n is None else ids[:n]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxsel.speculative as S
-from jaxsel.models import DecoderConfig, TokenSelect, generate, init_params
+from jaxsel.models import DecoderConfig, Dense, TokenSelect, generate, init_params
 from jaxsel.models.decoder import forward
 from jaxsel.models.generate import prefill_arguments, prefill_jit, sampling_probs
 from jaxsel.models.speculative import speculative_decode_jit, speculative_generate
@@ -76,15 +76,11 @@ def _target_law(params, n_tokens: int, temperature: float) -> np.ndarray:
     return law
 
 
-@pytest.mark.parametrize("scheme", sorted(S.SCHEMES))
-def test_sampled_tokens_follow_the_dense_law(params, scheme):
-    """Chi-square on the joint law of the first 3 tokens (64 cells) over 8000 runs, with a draft
-    at temperature 3 (far from the target at 1, so that rejections are frequent) and rounds of
-    one draft token (so the 3 tokens span two rounds, bonus tokens and the cache commit)."""
-    n_drafts, gamma, n_tok, n_runs = (1, 1, 3, 8000) if scheme == "single" else (2, 1, 3, 8000)
-    law = _target_law(params, n_tok, 1.0)
+def _sample_short(params, scheme, n_drafts, gamma, n_tok, cache_len, seed, n_runs):
+    """``n_runs`` sampled speculative decodes of SHORT (dense target at temperature 1, draft at
+    temperature 3, far from it, so that rejections are frequent), vmapped over keys."""
     _, args, static = prefill_arguments(
-        [SHORT], max_new_tokens=n_tok, cache_len=16, policy="dense", prefill_chunk=4
+        [SHORT], max_new_tokens=n_tok, cache_len=cache_len, policy="dense", prefill_chunk=4
     )
     st = prefill_jit(params, *args, config=CFG, **static)
     run = lambda key: speculative_decode_jit(
@@ -96,7 +92,7 @@ def test_sampled_tokens_follow_the_dense_law(params, scheme):
         key,
         config=CFG,
         draft_policy=DRAFT,
-        target_policy=TokenSelect(n_sink=64, top_k=0, n_local=64),  # budget covers: dense
+        target_policy=Dense(),
         scheme=S.SCHEMES[scheme],
         n_drafts=n_drafts,
         draft_len=gamma,
@@ -104,7 +100,17 @@ def test_sampled_tokens_follow_the_dense_law(params, scheme):
         temperature=1.0,
         draft_temperature=3.0,
     )
-    toks, stats = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(1), n_runs))
+    return jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(seed), n_runs))
+
+
+@pytest.mark.parametrize("scheme", sorted(S.SCHEMES))
+def test_sampled_tokens_follow_the_dense_law(params, scheme):
+    """Chi-square on the joint law of the first 3 tokens (64 cells) over 8000 runs, with a draft
+    at temperature 3 (far from the target at 1, so that rejections are frequent) and rounds of
+    one draft token (so the 3 tokens span two rounds, bonus tokens and the cache commit)."""
+    n_drafts, gamma, n_tok, n_runs = (1, 1, 3, 8000) if scheme == "single" else (2, 1, 3, 8000)
+    law = _target_law(params, n_tok, 1.0)
+    toks, stats = _sample_short(params, scheme, n_drafts, gamma, n_tok, 16, 1, n_runs)
     toks = np.asarray(toks)
     counts = np.zeros_like(law)
     np.add.at(counts, tuple(toks.T), 1)
@@ -127,32 +133,7 @@ def test_committed_cache_is_the_dense_cache_of_the_emitted_tokens(params):
     holds the dense keys and values of the prompt and the emitted tokens: a commit from a chain
     that drew other tokens would leave keys of tokens that were never emitted."""
     n_tok = 8
-    _, args, static = prefill_arguments(
-        [SHORT], max_new_tokens=n_tok, cache_len=24, policy="dense", prefill_chunk=4
-    )
-    st = prefill_jit(params, *args, config=CFG, **static)
-    run = jax.jit(
-        jax.vmap(
-            lambda key: speculative_decode_jit(
-                params,
-                st.k[0],
-                st.v[0],
-                st.pos[0],
-                st.token[0],
-                key,
-                config=CFG,
-                draft_policy=DRAFT,
-                target_policy=TokenSelect(n_sink=12, top_k=0, n_local=12),  # covers: dense
-                scheme=S.SCHEMES["specinfer"],
-                n_drafts=3,
-                draft_len=2,
-                max_new_tokens=n_tok,
-                temperature=1.0,
-                draft_temperature=3.0,
-            )
-        )
-    )
-    toks, stats = run(jax.random.split(jax.random.key(2), 8))
+    toks, stats = _sample_short(params, "specinfer", 3, 2, n_tok, 24, 2, 8)
     m = len(SHORT) + n_tok - 1  # every emitted token but the last is in the cache
     assert np.all(np.asarray(stats.pos) >= m)
     for b in range(8):

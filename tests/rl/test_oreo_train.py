@@ -303,7 +303,7 @@ def test_ranking_stats_matches_numpy():
 
 def test_uninformative_score_chance_level_is_below_a_random_sample():
     """Regression for reading 'best-of-8 by V < random sample' as worse than chance
-    (results/oreo/README.md): when the right answers of a prompt are copies of one response and the wrong ones
+    (the OREO benchmark's README): when the right answers of a prompt are copies of one response and the wrong ones
     differ, a score that ignores correctness picks among distinct responses, so its chance level
     is 1/2 here, not the random-sample rate 3/4."""
     rng = np.random.default_rng(1)

@@ -89,7 +89,7 @@ class Cfg:
     quick: bool = False
     resume: bool = True
     data_dir: str | None = None
-    out: Path = Path("results/x")
+    out: Path = Path("out/x")
 
     def __post_init__(self):
         if self.steps < 1:
