@@ -6,6 +6,7 @@ Selections are ``(indices [B] int32 sorted ascending, valid [B] bool)`` with
 ``B = n_sink + top_k + n_local``; see :mod:`jaxsel.attention.select` for the padding convention.
 """
 
+from jaxsel.attention import sequence
 from jaxsel.attention.baselines import (
     dense_select,
     per_head_select,
@@ -39,6 +40,13 @@ from jaxsel.attention.select import (
     soft_vote,
     token_scores,
 )
+from jaxsel.attention.sequence import (
+    combine_partials,
+    sequence_rope_dense_attention,
+    sequence_rope_sparse_attention,
+    sequence_select,
+    sequence_sparse_attention,
+)
 from jaxsel.attention.sparse import (
     adaptive_temperature_attention,
     dense_attention,
@@ -59,6 +67,7 @@ __all__ = [
     "cached_select",
     "chunk_attention",
     "chunk_query",
+    "combine_partials",
     "dense_attention",
     "dense_select",
     "gathered_positions",
@@ -80,6 +89,11 @@ __all__ = [
     "scoring_query",
     "select_from_votes",
     "select_tokens",
+    "sequence",
+    "sequence_rope_dense_attention",
+    "sequence_rope_sparse_attention",
+    "sequence_select",
+    "sequence_sparse_attention",
     "soft_vote",
     "sparse_attention",
     "streaming_select",

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsel.attention import _checks
+from jaxsel.attention import _checks, sequence
 from jaxsel.attention.select import select_tokens
 
 
@@ -93,6 +93,7 @@ def cached_select(
     vote_pool: int = 1,
     gqa_mapping: str = "group",
     implementation: str = "xla",
+    seq_axis: str | None = None,
 ) -> tuple[jax.Array, jax.Array, SelectionCacheState, jax.Array]:
     """:func:`select_tokens` behind the Selection Cache.
 
@@ -102,14 +103,17 @@ def cached_select(
         :func:`select_tokens` (the implementation runs the selection on a miss).
       threshold: cosine similarity above which the stored selection is reused (the authors'
         default 0.9); may be traced (e.g. vmapped over thresholds). ``> 1`` never hits.
+      seq_axis: the cache is sharded along the sequence over this mesh axis (see
+        :func:`select_tokens`); the query and state are replicated, so every shard hits or misses
+        together and a miss runs the sequence-sharded selection.
 
     Returns:
       ``(indices, valid, new_state, hit)``; ``hit`` a bool scalar.
     """
-    kv_len, budget = _checks.check_select(
-        q, k, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, vote_pool=vote_pool,
-        gqa_mapping=gqa_mapping,
-    )  # fmt: skip
+    _checks.check_qk(q, k)
+    n = k.shape[0] * (1 if seq_axis is None else sequence.axis_size(seq_axis))
+    kv_len = _checks.check_kv_len(kv_len, n)
+    budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=n)
     if state.indices.shape != (budget,) or state.query.shape != q.shape:
         raise ValueError(
             f"state does not match this call: state.indices.shape={state.indices.shape} vs budget "
@@ -141,6 +145,7 @@ def cached_select(
             vote_pool=vote_pool,
             gqa_mapping=gqa_mapping,
             implementation=implementation,
+            seq_axis=seq_axis,
         )
         return idx, valid, q.astype(jnp.float32)
 

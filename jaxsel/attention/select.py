@@ -33,7 +33,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsel.attention import _checks
+from jaxsel.attention import _checks, sequence
 from pallas_kernels import _xla_math
 from pallas_kernels.token_select.api import token_select
 from pallas_kernels.token_select.reference import token_select_reference
@@ -142,6 +142,7 @@ def select_tokens(
     vote_pool: int = 1,
     gqa_mapping: str = "group",
     axis_name: str | None = None,
+    seq_axis: str | None = None,
     implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array]:
     """TokenSelect: the tokens one decode step attends to (arXiv:2411.02886, Sec. 3).
@@ -164,6 +165,10 @@ def select_tokens(
         each shard votes with its own heads and the votes are summed with ``lax.psum``, so every
         shard selects the same tokens. Requires the "group" mapping with contiguous head shards,
         and every shard must pass it (the branches of the dense/sparse ``lax.cond`` must agree).
+      seq_axis: when the cache is sharded along the SEQUENCE (``shard_map`` over a mesh axis,
+        ``k`` this shard's ``[N/P, Hkv, d]`` contiguous tokens), the name of that axis:
+        :func:`jaxsel.attention.sequence.sequence_select` (global log-sum-exp, local top-k
+        proposals, exact merge). ``kv_len`` is then global and the indices too. XLA only.
       implementation: ``"xla"`` (plain JAX: :func:`pallas_kernels.token_select_reference`) or
         ``"pallas"`` (the fused kernels of :func:`pallas_kernels.token_select`, best backend for the device, which
         falls back to XLA where none runs); any other name is passed to it as is.
@@ -173,6 +178,16 @@ def select_tokens(
       unique, and a bool mask, false only for the padding entries of a dense selection (see the
       module docstring for how those are represented).
     """
+    if seq_axis is not None:
+        if axis_name is not None or implementation != "xla":
+            raise ValueError(
+                f"seq_axis={seq_axis!r} runs the XLA sequence-sharded selection alone; got "
+                f"axis_name={axis_name!r}, implementation={implementation!r}"
+            )
+        return sequence.sequence_select(
+            q, k, kv_len, axis_name=seq_axis, top_k=top_k, n_sink=n_sink, n_local=n_local,
+            scale=scale, vote_pool=vote_pool, gqa_mapping=gqa_mapping,
+        )  # fmt: skip
     kv_len, _ = _checks.check_select(
         q, k, kv_len, top_k=top_k, n_sink=n_sink, n_local=n_local, vote_pool=vote_pool,
         gqa_mapping=gqa_mapping,

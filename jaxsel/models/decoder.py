@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsel.attention import apply_rope
+from jaxsel.attention.sequence import shard_offset
 from jaxsel.models import policies as pol
 from jaxsel.models.config import DecoderConfig
 
@@ -163,6 +164,20 @@ def lm_logits(params: Params, x: jax.Array, config: DecoderConfig) -> jax.Array:
     return jnp.dot(h, params["lm_head"], preferred_element_type=jnp.float32)
 
 
+def _write(cache: jax.Array, new: jax.Array, layer: int, start: Any, seq_axis: Any) -> jax.Array:
+    """``cache[layer, start : start + C] = new`` in place; with ``seq_axis`` (a sequence-sharded
+    cache, one token) only the shard that holds global slot ``start`` changes its slot."""
+    new = new[None].astype(cache.dtype)
+    if seq_axis is None:
+        return jax.lax.dynamic_update_slice(cache, new, (layer, start, 0, 0))
+    n = cache.shape[1]
+    local = start - shard_offset(n, seq_axis)
+    slot = jnp.clip(local, 0, n - 1)
+    old = jax.lax.dynamic_slice(cache, (layer, slot, 0, 0), new.shape)
+    mine = (local >= 0) & (local < n)
+    return jax.lax.dynamic_update_slice(cache, jnp.where(mine, new, old), (layer, slot, 0, 0))
+
+
 def forward_chunk(
     params: Params,
     tokens: jax.Array,
@@ -175,6 +190,7 @@ def forward_chunk(
     select_states: Any = None,
     limit: jax.Array | None = None,
     return_hidden: bool = False,
+    seq_axis: str | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
     """Runs ``C`` new tokens of ONE sequence through the decoder with a KV cache.
 
@@ -189,6 +205,10 @@ def forward_chunk(
       select_states: per-layer Selection Cache states (decode with a cached TokenSelect policy).
       limit: int32 scalar; chunk tokens at positions ``>= limit`` are right padding (a sparse
         policy leaves them out of the chunk's mean query). ``None``: all are real.
+      seq_axis: inside ``shard_map`` with the cache sharded along the sequence over this mesh
+        axis: ``cache_k, cache_v`` are this shard's ``[L, N/P, Hkv, d]`` slots, ``start`` is
+        global, the new token is written by the shard that holds its slot, and attention runs
+        :func:`jaxsel.models.policies.attend` sequence-sharded (one token per call: decode).
 
     Returns:
       ``(logits [C, V] float32, cache_k, cache_v, select_states)`` with the chunk written at
@@ -216,12 +236,8 @@ def forward_chunk(
         q, k, v = qkv_projection(lp, h)
         # Written into the whole [L, N, Hkv, d] cache (updated in place; per-layer copies stacked
         # back together would rebuild the whole cache every call).
-        cache_k = jax.lax.dynamic_update_slice(
-            cache_k, k[None].astype(cache_k.dtype), (i, start, 0, 0)
-        )
-        cache_v = jax.lax.dynamic_update_slice(
-            cache_v, v[None].astype(cache_v.dtype), (i, start, 0, 0)
-        )
+        cache_k = _write(cache_k, k, i, start, seq_axis)
+        cache_v = _write(cache_v, v, i, start, seq_axis)
         ck, cv = cache_k[i], cache_v[i]
         state = None if select_states is None else select_states[i]
         o, state = pol.attend(
@@ -234,6 +250,7 @@ def forward_chunk(
             config=config,
             select_state=state,
             limit=limit,
+            seq_axis=seq_axis,
         )
         x = x + output_projection(lp, o.astype(dtype))
         h = rms_norm(x, lp["mlp_norm"], eps=config.rms_norm_eps)

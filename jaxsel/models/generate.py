@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsel.models import policies as pol
-from jaxsel.models.cache import KVCache, init_cache
+from jaxsel.models.cache import KVCache, init_cache, sharded_sequence_axis
 from jaxsel.models.config import DecoderConfig
 from jaxsel.models.decoder import Params, forward_chunk
 
@@ -325,9 +325,53 @@ def decode_jit(
     """``n_steps`` decode steps under one ``jit`` (``lax.scan``); the state is donated, so a
     caller that decodes in pieces (streaming) updates the cache in place.
 
+    ``cache_sharding`` (a ``NamedSharding`` of the ``[B, L, N, Hkv, d]`` cache) over the KV heads
+    is a GSPMD constraint; along the sequence
+    (:func:`jaxsel.models.cache.sequence_partition_spec`) the loop runs under ``shard_map``: each
+    device keeps its slots of the cache, selects and attends with
+    :mod:`jaxsel.attention.sequence`, and everything else is replicated.
+
     Returns ``(new_tokens [B, n_steps] int32, state)``; ``state.hits`` counts the (step, layer)
     pairs served from the Selection Cache so far.
     """
+    kw = dict(
+        config=config, policy=policy, n_steps=n_steps, temperature=temperature, top_p=top_p,
+        eos_id=eos_id, pad_id=pad_id,
+    )  # fmt: skip
+    seq_axis = sharded_sequence_axis(cache_sharding, config, state.k.shape[2])
+    if seq_axis is None:
+        return _decode_loop(params, state, key, cache_sharding=cache_sharding, **kw)
+    rep = jax.sharding.PartitionSpec()
+    specs = DecodeState(
+        cache_sharding.spec, cache_sharding.spec, rep, rep, rep,
+        jax.tree.map(lambda _: rep, state.select_states), rep,
+    )  # fmt: skip
+    loop = jax.shard_map(
+        functools.partial(_decode_loop, seq_axis=seq_axis, **kw),
+        mesh=cache_sharding.mesh,
+        in_specs=(rep, specs, rep),
+        out_specs=(rep, specs),
+        check_vma=False,  # the replicated outputs are computed identically on every shard
+    )
+    return loop(params, state, key)
+
+
+def _decode_loop(
+    params: Params,
+    state: DecodeState,
+    key: jax.Array,
+    *,
+    config: DecoderConfig,
+    policy: pol.Policy,
+    n_steps: int,
+    temperature: float,
+    top_p: float,
+    eos_id: int | None,
+    pad_id: int,
+    cache_sharding: Any = None,
+    seq_axis: str | None = None,
+) -> tuple[jax.Array, DecodeState]:
+    """The body of :func:`decode_jit` (``seq_axis``: inside ``shard_map``, sequence-sharded)."""
     B = state.token.shape[0]
 
     def step(st, key_t):
@@ -341,11 +385,12 @@ def decode_jit(
                 config=config,
                 policy=policy,
                 select_states=s_b,
+                seq_axis=seq_axis,
             )
             return logits[0], ck_b, cv_b, s_b
 
         logits, ck, cv, states = batch_map(one, st.k, st.v, st.token, st.pos, st.select_states)
-        if cache_sharding is not None:
+        if cache_sharding is not None and seq_axis is None:
             ck = jax.lax.with_sharding_constraint(ck, cache_sharding)
             cv = jax.lax.with_sharding_constraint(cv, cache_sharding)
         keys = jax.random.split(key_t, B)
@@ -399,6 +444,8 @@ def start_generation(
         prefill_chunk=prefill_chunk,
         pad_id=pad_id,
     )
+    if sharded_sequence_axis(cache_sharding, config, static["cache_len"]) is not None:
+        pol.check_sequence_policy(policy)
     return policy, prefill_jit(
         params, *args, config=config, cache_sharding=cache_sharding, **static
     )
@@ -477,9 +524,12 @@ def generate(
       temperature, top_p: sampling (``temperature=0``: greedy); ``key`` required when sampling.
       eos_id: after it, a sequence emits ``pad_id``.
       return_hit_rate: also return the Selection Cache hit rate per sequence.
-      cache_sharding: optional ``NamedSharding`` for the ``[B, L, N, Hkv, d]`` KV cache (e.g.
-        over heads with :func:`jaxsel.models.cache.heads_partition_spec`); shard the parameters
-        to match with :func:`jaxsel.models.decoder.heads_param_specs`.
+      cache_sharding: optional ``NamedSharding`` for the ``[B, L, N, Hkv, d]`` KV cache: over
+        heads with :func:`jaxsel.models.cache.heads_partition_spec` (shard the parameters to
+        match with :func:`jaxsel.models.decoder.heads_param_specs`), or along the sequence with
+        :func:`jaxsel.models.cache.sequence_partition_spec` (a cache too long for one device:
+        decode runs :mod:`jaxsel.attention.sequence` under ``shard_map``; dense or TokenSelect
+        policies; ``cache_len`` must be a multiple of the axis size).
 
     Returns:
       ``[B, max_new_tokens]`` int32 NumPy array (and ``[B]`` hit rates if asked).

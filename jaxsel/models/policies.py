@@ -236,10 +236,11 @@ def gathered_attention(
     return o.reshape(C, Hq, d)
 
 
-def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None):
+def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None, seq_axis=None):
     """Indices over the first ``kv_len`` cached tokens for the scoring query ``sq``.
 
     ``sq`` is ``[Hq, d]`` (decode) or ``[C, Hq, d]`` (a prefill chunk: its mean query selects).
+    ``seq_axis``: the cache is this shard's part of a sequence-sharded cache (decode only).
     """
     if isinstance(policy, Streaming):
         q1 = sq if sq.ndim == 2 else sq[0]
@@ -265,6 +266,8 @@ def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None):
     if sq.ndim == 3:
         idx, valid = A.prefill_select(sq, cache_k, kv_len, chunk_len=chunk_len, **kw)
         return idx, valid, state
+    if seq_axis is not None:
+        kw["seq_axis"] = seq_axis
     if state is not None:
         idx, valid, state, _ = A.cached_select(
             state, sq, cache_k, kv_len, threshold=policy.cache_threshold, **kw
@@ -272,6 +275,46 @@ def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None):
         return idx, valid, state
     idx, valid = A.select_tokens(sq, cache_k, kv_len, **kw)
     return idx, valid, state
+
+
+def check_sequence_policy(policy: Policy) -> None:
+    """A sequence-sharded cache runs the dense and TokenSelect (``implementation="xla"``)
+    policies with plain softmax; raises ValueError naming the policy otherwise."""
+    supported = isinstance(policy, Dense) or (
+        isinstance(policy, TokenSelect) and policy.implementation == "xla"
+    )
+    if not supported or policy.adaptive_temperature:
+        raise ValueError(
+            f"sequence sharding supports the dense and TokenSelect (implementation='xla') "
+            f"policies with plain softmax, got {policy!r}"
+        )
+
+
+def _attend_sequence_sharded(policy, q, cache_k, cache_v, start, *, layer, config, state, axis):
+    """:func:`attend` for one decode query over a cache sharded along the sequence over the mesh
+    axis ``axis`` (``cache_k, cache_v`` this shard's ``[N/P, Hkv, d]``): the sequence-sharded
+    selection and attention of :mod:`jaxsel.attention.sequence`, replicated results."""
+    if q.shape[0] != 1:
+        raise ValueError(
+            f"a sequence-sharded cache takes one query per call (decode), got {q.shape[0]}; "
+            "prefill runs with the cache sharding as a GSPMD constraint instead"
+        )
+    check_sequence_policy(policy)
+    n_global = cache_k.shape[0] * A.sequence.axis_size(axis)
+    kv_len = start + 1
+    rope_kw = dict(theta=config.rope_theta, scaling=config.rope_scaling_dict())
+    if isinstance(policy, Dense) or layer in policy.dense_layers or policy.budget >= n_global:
+        o = A.sequence_rope_dense_attention(
+            q[0], cache_k, cache_v, kv_len, axis_name=axis, **rope_kw
+        )
+        return o[None].astype(jnp.float32), state
+    sq = A.scoring_query(q, n_local=policy.n_local, **rope_kw)
+    idx, valid, state = _select(policy, sq[0], cache_k, kv_len, state, seq_axis=axis)
+    o = A.sequence_rope_sparse_attention(
+        q[0], cache_k, cache_v, idx, valid, kv_len, axis_name=axis,
+        position_mode=policy.position_mode, **rope_kw,
+    )  # fmt: skip
+    return o[None].astype(jnp.float32), state
 
 
 def attend(
@@ -285,6 +328,7 @@ def attend(
     config: DecoderConfig,
     select_state: Any = None,
     limit: jax.Array | None = None,
+    seq_axis: str | None = None,
 ) -> tuple[jax.Array, Any]:
     """One layer's attention for C new queries of one sequence under ``policy``.
 
@@ -295,6 +339,9 @@ def attend(
       select_state: this layer's Selection Cache state (decode with a cache threshold) or None.
       limit: positions ``>= limit`` in the chunk are right padding (left out of a prefill
         chunk's mean query).
+      seq_axis: the cache is sharded along the sequence over this mesh axis (inside
+        ``shard_map``; ``cache_k, cache_v`` are this shard's slots): decode only, dense or
+        TokenSelect, through :mod:`jaxsel.attention.sequence`.
 
     Returns:
       ``(o [C, Hq, d] float32, select_state)``.
@@ -304,6 +351,11 @@ def attend(
     tokens at compact or original positions. A prefill chunk (C > 1) selects over the tokens before
     it with its mean scoring query and attends causally over those plus itself.
     """
+    if seq_axis is not None:
+        return _attend_sequence_sharded(
+            policy, q, cache_k, cache_v, start, layer=layer, config=config,
+            state=select_state, axis=seq_axis,
+        )  # fmt: skip
     C = q.shape[0]
     N = cache_k.shape[0]
     adaptive = policy.adaptive_temperature

@@ -1,16 +1,19 @@
-"""Decode with parameters and KV cache sharded over heads on 4 virtual CPU devices."""
+"""Decode with parameters and KV cache sharded over heads on 4 virtual CPU devices, and with the
+KV cache sharded along the sequence over 2, 4 and 8."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsel.models import DecoderConfig, TokenSelect, generate, init_cache, init_params
-from jaxsel.models.cache import heads_partition_spec
+from jaxsel.models.cache import heads_partition_spec, sequence_partition_spec
 from jaxsel.models.decoder import heads_param_specs
-from jaxsel.models.generate import prefill
+from jaxsel.models.generate import decode_jit, prefill, start_generation
 
 CFG = DecoderConfig(
     vocab_size=53,
@@ -62,3 +65,73 @@ def test_prefill_keeps_the_cache_sharded_over_heads(cpu_devices):
     assert out.k.sharding.is_equivalent_to(sharding, out.k.ndim)
     assert out.k.addressable_shards[0].data.shape[3] == CFG.num_kv_heads // 4
     np.testing.assert_array_equal(np.asarray(out.length), [19, 15])
+
+
+# ----------------------------------------------------------------- sequence-sharded KV cache
+TS = TokenSelect(n_sink=2, top_k=6, n_local=6)
+SEQ_KW = dict(max_new_tokens=8, cache_len=72, prefill_chunk=8)
+SEQ_PROMPTS = [np.arange(3, 60) % 53, np.arange(7, 40) % 53]
+
+
+def _seq_sharding(devices, n):
+    return NamedSharding(Mesh(np.array(devices[:n]), ("seq",)), sequence_partition_spec())
+
+
+@pytest.fixture(scope="module")
+def seq_params():
+    return init_params(jax.random.key(1), CFG)
+
+
+@pytest.mark.parametrize(
+    ("policy", "n_shards"),
+    [
+        ("dense", 2),
+        (TS, 2),
+        (dataclasses.replace(TS, cache_threshold=0.5), 8),  # with the Selection Cache
+        (dataclasses.replace(TS, position_mode="original", vote_pool=3), 4),
+    ],
+    ids=["dense-2", "tokenselect-2", "selection-cache-8", "original-pool3-4"],
+)
+def test_sequence_sharded_decode_matches_one_device(cpu_devices, seq_params, policy, n_shards):
+    """Prefill under GSPMD with the cache split along the sequence, then the shard_map decode
+    loop: the same tokens (greedy) and Selection Cache hits as one device."""
+    kw = dict(policy=policy, return_hit_rate=True, **SEQ_KW)
+    single = generate(seq_params, CFG, SEQ_PROMPTS, **kw)
+    sharding = _seq_sharding(cpu_devices, n_shards)
+    got = generate(seq_params, CFG, SEQ_PROMPTS, cache_sharding=sharding, **kw)
+    np.testing.assert_array_equal(got[0], single[0])
+    np.testing.assert_array_equal(got[1], single[1])
+    if policy != "dense":  # the selection changes the answer, so the test would see a wrong one
+        dense = generate(seq_params, CFG, SEQ_PROMPTS, policy="dense", **SEQ_KW)
+        assert not np.array_equal(dense, single[0])
+    if getattr(policy, "cache_threshold", None) is not None:
+        assert single[1].max() > 0  # the cache did hit
+
+
+def test_sequence_sharded_cache_stays_split(cpu_devices, seq_params):
+    sharding = _seq_sharding(cpu_devices, 4)
+    policy, state = start_generation(
+        seq_params, CFG, SEQ_PROMPTS, policy=TS, cache_sharding=sharding, **SEQ_KW
+    )
+    _, state = decode_jit(
+        seq_params, state, jax.random.key(0), config=CFG, policy=policy, n_steps=2,
+        cache_sharding=sharding,
+    )  # fmt: skip
+    assert state.k.sharding.is_equivalent_to(sharding, state.k.ndim)
+    assert state.k.addressable_shards[0].data.shape[2] == SEQ_KW["cache_len"] // 4
+
+
+def test_bad_cache_sharding_raises_clear_errors(cpu_devices, seq_params):
+    run = lambda sharding, **kw: generate(
+        seq_params, CFG, SEQ_PROMPTS, cache_sharding=sharding, **{"policy": TS, **SEQ_KW, **kw}
+    )
+    with pytest.raises(ValueError, match="cache_len=70 is not divisible by the 4 shards"):
+        run(_seq_sharding(cpu_devices, 4), cache_len=70)
+    with pytest.raises(ValueError, match="sequence sharding supports the dense and TokenSelect"):
+        run(_seq_sharding(cpu_devices, 2), policy="quest")
+    mesh8 = Mesh(np.array(cpu_devices[:8]), ("heads",))
+    with pytest.raises(ValueError, match="num_kv_heads=4 is not a multiple: a GQA group"):
+        run(NamedSharding(mesh8, heads_partition_spec()))
+    mesh2d = Mesh(np.array(cpu_devices[:4]).reshape(2, 2), ("seq", "heads"))
+    with pytest.raises(ValueError, match="sequence sharding takes one mesh axis"):
+        run(NamedSharding(mesh2d, PartitionSpec(None, None, "seq", "heads", None)))

@@ -1,0 +1,353 @@
+"""Sequence-sharded TokenSelect: the KV cache split along its sequence axis over a mesh axis.
+
+A million-token cache does not fit one device; its tokens can be spread over P devices. Run these
+functions inside ``jax.shard_map`` over a mesh axis ``axis_name`` of size P where each shard ``i``
+holds the contiguous global tokens ``[i n, (i + 1) n)`` of an ``N = P n`` cache (``k, v
+[n, Hkv, d]``); the query, ``kv_len`` and every output are replicated. One decode step of
+TokenSelect (Wu et al., arXiv:2411.02886) then needs three small collectives:
+
+1. **Global log-sum-exp.** Each shard scores its own keys, ``s_h[j] = scale q_h . k_{g(h)}[j]``,
+   and over its middle candidates computes per head ``m_i = max_j s_h[j]`` and
+   ``z_i = sum_j exp(s_h[j] - m_i)``. One all-gather of ``[P, 2, Hq]`` numbers gives every shard
+   ``m = max_i m_i`` and ``Z = sum_i z_i exp(m_i - m)``, so the soft vote of its tokens is
+   ``vote[j] = sum_h exp(s_h[j] - m_h) / Z_h``, the single-device vote.
+2. **Exact global top-k.** Each shard ranks its candidates (optionally max-pooled over
+   ``vote_pool`` neighbours, with a halo from the adjacent shards by ``ppermute``) and proposes
+   its local top ``k' = min(top_k, n)`` with global indices; one all-gather of ``[P, k']`` values
+   and indices, and the top-k of those ``P k'`` proposals is the global top-k: every token of the
+   global top-k is in its own shard's top-k' (a shard contributes at most ``top_k``), and ties go
+   to the lower global index because the proposals are laid out shard by shard, each in the order
+   ``lax.top_k`` returns (value, then ascending index).
+3. **Flash-decoding combine.** Each shard attends over the selected tokens it holds, giving per
+   head a partial maximum ``m_i``, normaliser ``l_i`` and unnormalised output ``o_i``; one
+   all-gather of ``[P, Hq, d + 2]`` numbers and
+   ``o = sum_i exp(m_i - m) o_i / sum_i exp(m_i - m) l_i``.
+
+Every shard computes the merged results from the same gathered numbers in the same order, so the
+replicated outputs agree bit for bit across shards. Against one device: the maximum is exact, and
+``Z`` differs only by the order of a float32 sum (a few units in the last place, the same factor
+for all of a head's tokens), so the selected indices are the single-device ones unless the k-th and
+(k+1)-th votes lie within that rounding; tokens with equal votes (equal keys) tie identically.
+The attention output agrees to float32 tolerance (the combine reorders a sum).
+
+Bytes each shard receives per decode step and layer (float32 / int32 payloads):
+``(P - 1) (2 Hq 4 + k' 8 + Hq (d + 2) 4)``, plus ``(vote_pool - 1) 4`` of halo with pooling
+(:func:`collective_bytes`). Dense attention (:func:`sequence_rope_dense_attention`) needs only the combine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsel.attention import _checks
+from jaxsel.attention.positions import POSITION_MODES, apply_rope, gathered_positions
+from pallas_kernels import _xla_math
+
+Selection = tuple[jax.Array, jax.Array]
+
+
+def shard_offset(n_local: int, axis_name: str) -> jax.Array:
+    """The global index of this shard's first token: ``axis_index(axis_name) * n_local``."""
+    return lax.axis_index(axis_name).astype(jnp.int32) * n_local
+
+
+def axis_size(axis_name: str) -> int:
+    """The number of shards P along ``axis_name``; a clear error outside ``shard_map``."""
+    if not isinstance(axis_name, str):
+        raise ValueError(f"axis_name must be the name of a mesh axis (a str), got {axis_name!r}")
+    try:
+        return int(lax.axis_size(axis_name))
+    except NameError as e:  # outside shard_map, or a name the mesh does not have
+        raise ValueError(
+            f"axis_name={axis_name!r} is not a mesh axis in scope: call the sequence-sharded "
+            "functions inside jax.shard_map over a mesh with that axis"
+        ) from e
+
+
+def _check_sharded(q: Any, k: Any, axis_name: str) -> tuple[int, int]:
+    """``(n_local, P)`` after checking the shapes; must run inside ``shard_map`` over the axis."""
+    _checks.check_qk(q, k)
+    return k.shape[0], axis_size(axis_name)
+
+
+def global_logsumexp(x: jax.Array, axis_name: str) -> tuple[jax.Array, jax.Array]:
+    """Per-row ``(m, Z)`` of the row-wise log-sum-exp of ``x [H, n]`` across the shards' columns.
+
+    ``m = max`` over every shard's entries (0 where a row has none finite) and
+    ``Z = sum exp(x - m)`` over every shard's entries, from ONE all-gather of ``[P, 2, H]``.
+    """
+    m = jnp.max(x, axis=-1)
+    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+    z = jnp.sum(jnp.exp(x - m_safe[:, None]), axis=-1)
+    stats = lax.all_gather(jnp.stack([m, z]), axis_name)  # [P, 2, H]
+    ms, zs = stats[:, 0], stats[:, 1]
+    mg = jnp.max(ms, axis=0)
+    mg = jnp.where(jnp.isfinite(mg), mg, 0.0)
+    w = jnp.where(jnp.isfinite(ms), jnp.exp(ms - mg), 0.0)
+    return mg, jnp.sum(zs * w, axis=0)
+
+
+def sequence_soft_votes(
+    q: jax.Array,
+    k: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    axis_name: str,
+    n_sink: int,
+    n_local: int,
+    scale: float = 1.0,
+    gqa_mapping: str = "group",
+) -> tuple[jax.Array, jax.Array]:
+    """This shard's ``(votes [n], candidates [n])``: TokenSelect's soft votes of its own tokens.
+
+    ``vote[j] = sum_h exp(s_h[j] - m_h) / Z_h`` with the global ``(m, Z)`` of
+    :func:`global_logsumexp` over all shards' middle candidates; 0 at non-candidates.
+    """
+    n, _ = _check_sharded(q, k, axis_name)
+    pos = shard_offset(n, axis_name) + jnp.arange(n, dtype=jnp.int32)
+    cand = (pos >= n_sink) & (pos < kv_len - n_local)
+    s = _xla_math.head_scores(q, k, gqa_mapping) * jnp.float32(scale)
+    x = jnp.where(cand[None, :], s, -jnp.inf)  # candidates lie below kv_len - n_local
+    m, z = global_logsumexp(x, axis_name)
+    p = jnp.exp(x - m[:, None]) / jnp.where(z > 0, z, 1.0)[:, None]
+    return jnp.sum(p, axis=0), cand
+
+
+def _pool_with_halo(x: jax.Array, vote_pool: int, axis_name: str, p: int) -> jax.Array:
+    """Centred max-pool of ``x [n]`` (``-inf`` off candidates) over ``vote_pool`` global
+    neighbours: the adjacent shards send their edge entries (``ppermute``), ``-inf`` past the ends."""
+    left, right = (vote_pool - 1) // 2, vote_pool // 2
+    i = lax.axis_index(axis_name)
+    parts = []
+    if left:
+        prev = x[x.shape[0] - left :]
+        if p > 1:
+            prev = lax.ppermute(prev, axis_name, [(j, j + 1) for j in range(p - 1)])
+        parts.append(jnp.where(i > 0, prev, -jnp.inf))
+    parts.append(x)
+    if right:
+        nxt = x[:right]
+        if p > 1:
+            nxt = lax.ppermute(nxt, axis_name, [(j + 1, j) for j in range(p - 1)])
+        parts.append(jnp.where(i < p - 1, nxt, -jnp.inf))
+    ext = jnp.concatenate(parts)
+    return lax.reduce_window(ext, -jnp.inf, lax.max, (vote_pool,), (1,), "VALID")
+
+
+def merge_top_k(values: jax.Array, indices: jax.Array, top_k: int, axis_name: str) -> jax.Array:
+    """The global top-k indices (ascending) from each shard's proposals ``values, indices [k']``
+    (``lax.top_k`` order, global indices): one all-gather of ``[P, k']`` values and indices."""
+    all_v = lax.all_gather(values, axis_name).reshape(-1)
+    all_i = lax.all_gather(indices, axis_name).reshape(-1)
+    _, pos = lax.top_k(all_v, top_k)
+    return jnp.sort(all_i[pos])
+
+
+def sequence_select(
+    q: jax.Array,
+    k: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    axis_name: str,
+    top_k: int,
+    n_sink: int,
+    n_local: int,
+    scale: float = 1.0,
+    vote_pool: int = 1,
+    gqa_mapping: str = "group",
+) -> Selection:
+    """:func:`jaxsel.attention.select_tokens` with the keys sharded along the sequence.
+
+    Call inside ``shard_map`` over ``axis_name``; see the module docstring for the algorithm.
+
+    Args:
+      q: ``[Hq, d]`` scoring query (replicated).
+      k: ``[n, Hkv, d]`` this shard's keys, global tokens ``[i n, (i + 1) n)``.
+      kv_len: number of valid tokens of the whole cache (replicated; may be traced).
+      axis_name: the mesh axis the sequence is sharded over.
+      top_k, n_sink, n_local, scale, vote_pool, gqa_mapping: as :func:`select_tokens`; the budget
+        must fit the global length ``N = P n`` and a pooling halo one shard.
+
+    Returns:
+      ``(indices, valid)`` over the GLOBAL cache, replicated, equal to the single-device selection
+      (see the module docstring for the rounding caveat).
+    """
+    n, p = _check_sharded(q, k, axis_name)
+    kv_len = _checks.check_kv_len(kv_len, n * p)
+    budget = _checks.check_budget(top_k=top_k, n_sink=n_sink, n_local=n_local, n=None)
+    if budget > n * p:
+        raise ValueError(
+            f"budget n_sink + top_k + n_local = {budget} is larger than the global cache length "
+            f"N = {p} shards x {n} tokens = {n * p}"
+        )
+    _checks.check_positive_int(vote_pool, "vote_pool")
+    _checks.check_gqa_mapping(gqa_mapping)
+    if vote_pool // 2 > n:
+        raise ValueError(f"vote_pool={vote_pool} needs a halo wider than a shard of {n} tokens")
+
+    def sparse() -> Selection:
+        middle = None
+        if top_k > 0:
+            votes, cand = sequence_soft_votes(
+                q, k, kv_len, axis_name=axis_name, n_sink=n_sink, n_local=n_local,
+                scale=scale, gqa_mapping=gqa_mapping,
+            )  # fmt: skip
+            lo, hi = jnp.finfo(jnp.float32).min, jnp.finfo(jnp.float32).max
+            v = jnp.where(cand, jnp.nan_to_num(votes, nan=lo, posinf=hi, neginf=lo), -jnp.inf)
+            if vote_pool > 1:
+                v = jnp.where(cand, _pool_with_halo(v, vote_pool, axis_name, p), -jnp.inf)
+            vals, local = lax.top_k(v, min(top_k, n))
+            middle = merge_top_k(vals, local + shard_offset(n, axis_name), top_k, axis_name)
+        return _xla_math.assemble(middle, kv_len, n_sink=n_sink, n_local=n_local)
+
+    return _xla_math.budgeted(kv_len, budget, sparse)
+
+
+# ----------------------------------------------------------------------------- attention
+def partial_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    *,
+    scale: float,
+    gqa_mapping: str = "group",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One shard's share of softmax attention over the keys where ``mask [M]`` is true.
+
+    ``q [Hq, d]``, ``k, v [M, Hkv, d]``. Returns per head ``m = max_j s_j`` (``-inf`` if none),
+    ``l = sum_j exp(s_j - m)`` and ``o = sum_j exp(s_j - m) v_j`` (f32; ``v`` is zeroed off the
+    mask, so padding holding NaN cannot leak).
+    """
+    s = _xla_math.head_scores(q, k, gqa_mapping) * jnp.float32(scale)
+    s = jnp.where(mask[None, :], s, -jnp.inf)
+    m = jnp.max(s, axis=-1)
+    e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0)[:, None])
+    vv = jnp.where(mask[:, None, None], v, jnp.zeros((), v.dtype))
+    return m, jnp.sum(e, axis=-1), _xla_math.head_values(e, vv, gqa_mapping)
+
+
+def combine_partials(m: jax.Array, l: jax.Array, o: jax.Array, axis_name: str) -> jax.Array:
+    """Flash-decoding combine of every shard's :func:`partial_attention`: ONE all-gather of
+    ``[P, Hq, d + 2]``, then ``sum_i exp(m_i - m) o_i / sum_i exp(m_i - m) l_i`` (0 for a head
+    with no key anywhere). Every shard returns the same ``[Hq, d]`` f32."""
+    st = lax.all_gather(jnp.concatenate([m[:, None], l[:, None], o], axis=-1), axis_name)
+    ms, ls, os_ = st[..., 0], st[..., 1], st[..., 2:]
+    mg = jnp.max(ms, axis=0)
+    mg = jnp.where(jnp.isfinite(mg), mg, 0.0)
+    w = jnp.where(jnp.isfinite(ms), jnp.exp(ms - mg), 0.0)
+    den = jnp.sum(ls * w, axis=0)
+    return jnp.sum(os_ * w[..., None], axis=0) / jnp.where(den > 0, den, 1.0)[:, None]
+
+
+def _owned(indices: jax.Array, valid: jax.Array, n: int, axis_name: str) -> tuple[Any, Any]:
+    """This shard's local row of each global index (clipped) and whether it holds it."""
+    local = indices.astype(jnp.int32) - shard_offset(n, axis_name)
+    mine = valid.astype(bool) & (local >= 0) & (local < n)
+    return jnp.clip(local, 0, n - 1), mine
+
+
+def sequence_sparse_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    indices: jax.Array,
+    valid: jax.Array,
+    *,
+    axis_name: str,
+    scale: float | None = None,
+    gqa_mapping: str = "group",
+) -> jax.Array:
+    """:func:`jaxsel.attention.sparse_attention` with ``k, v [n, Hkv, d]`` sharded along the
+    sequence: each shard attends over the selected tokens it holds, then
+    :func:`combine_partials`. ``indices, valid [B]`` are global and replicated.
+
+    Returns ``[Hq, d]`` in ``result_type(q, v)``, replicated.
+    """
+    n, _ = _check_sharded(q, k, axis_name)
+    _checks.check_kv(k, v)
+    _checks.check_indices(indices, valid)
+    scale = _checks.resolve_scale(scale, q.shape[-1])
+    local, mine = _owned(indices, valid, n, axis_name)
+    parts = partial_attention(q, k[local], v[local], mine, scale=scale, gqa_mapping=gqa_mapping)
+    return combine_partials(*parts, axis_name).astype(jnp.result_type(q.dtype, v.dtype))
+
+
+def sequence_rope_sparse_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    indices: jax.Array,
+    valid: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    axis_name: str,
+    position_mode: str = "compact",
+    theta: float = 10000.0,
+    scaling: Mapping[str, Any] | None = None,
+    scale: float | None = None,
+    gqa_mapping: str = "group",
+) -> jax.Array:
+    """:func:`jaxsel.attention.rope_sparse_attention` (unrotated keys, RoPE after the gather) with
+    the cache sharded along the sequence. The positions come from the global selection, so both
+    ``"compact"`` and ``"original"`` modes give the single-device logits."""
+    n, _ = _check_sharded(q, k, axis_name)
+    _checks.check_kv(k, v)
+    _checks.check_indices(indices, valid)
+    if position_mode not in POSITION_MODES:
+        raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+    kpos, qpos = gathered_positions(indices, valid, kv_len, position_mode=position_mode)
+    local, mine = _owned(indices, valid, n, axis_name)
+    kr = apply_rope(k[local], kpos, theta=theta, scaling=scaling)
+    qr = apply_rope(q, qpos, theta=theta, scaling=scaling)
+    scale = _checks.resolve_scale(scale, q.shape[-1])
+    parts = partial_attention(qr, kr, v[local], mine, scale=scale, gqa_mapping=gqa_mapping)
+    return combine_partials(*parts, axis_name).astype(jnp.result_type(q.dtype, v.dtype))
+
+
+def sequence_rope_dense_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    axis_name: str,
+    theta: float = 10000.0,
+    scaling: Mapping[str, Any] | None = None,
+    scale: float | None = None,
+    gqa_mapping: str = "group",
+) -> jax.Array:
+    """Dense decode attention of the query at position ``kv_len - 1`` over all ``kv_len`` cached
+    (unrotated) keys, sharded along the sequence: each shard attends over its valid tokens at
+    their original positions, then :func:`combine_partials`."""
+    n, _ = _check_sharded(q, k, axis_name)
+    _checks.check_kv(k, v)
+    pos = shard_offset(n, axis_name) + jnp.arange(n, dtype=jnp.int32)
+    kv_len = jnp.asarray(kv_len, jnp.int32)
+    kr = apply_rope(k, pos, theta=theta, scaling=scaling)
+    qr = apply_rope(q, kv_len - 1, theta=theta, scaling=scaling)
+    scale = _checks.resolve_scale(scale, q.shape[-1])
+    parts = partial_attention(qr, kr, v, pos < kv_len, scale=scale, gqa_mapping=gqa_mapping)
+    return combine_partials(*parts, axis_name).astype(jnp.result_type(q.dtype, v.dtype))
+
+
+def collective_bytes(
+    *, n_shards: int, num_heads: int, head_dim: int, top_k: int, n_local_tokens: int,
+    vote_pool: int = 1,
+) -> dict[str, int]:  # fmt: skip
+    """Analytic bytes each shard RECEIVES per decode step and layer (f32 / int32 payloads), by
+    collective: the log-sum-exp gather, the top-k merge, the attention combine and the halo."""
+    p, kp = n_shards, min(top_k, n_local_tokens)
+    out = {
+        "logsumexp": (p - 1) * 2 * num_heads * 4,
+        "topk_merge": (p - 1) * kp * 8 if top_k else 0,
+        "combine": (p - 1) * num_heads * (head_dim + 2) * 4,
+        "halo": ((vote_pool - 1) // 2 + vote_pool // 2) * 4 if p > 1 and top_k else 0,
+    }
+    out["total"] = sum(out.values())
+    return out
