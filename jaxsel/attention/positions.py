@@ -264,7 +264,9 @@ def rope_causal_attention(
     scale: float | None = None,
     gqa_mapping: str = "group",
     block_kv: int = 512,
-) -> jax.Array:
+    k_offset: jax.Array | int = 0,
+    return_partial: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
     """Dense causal attention of C new queries over a cache of unrotated keys, block by block.
 
     Query i of the chunk sits at position ``start + i`` and attends to the cached tokens
@@ -287,9 +289,15 @@ def rope_causal_attention(
       theta, scaling: RoPE (see :func:`rope_frequencies`).
       scale: logit scale, ``None`` for ``1/sqrt(d)``.
       block_kv: keys per block (static; capped at N).
+      k_offset: global position of ``k[0]`` (a shard of a sequence-sharded cache: only its keys
+        at positions ``<= start + i`` are visited).
+      return_partial: return the unnormalised flash-attention state instead, per query and head
+        ``(m, l, acc)``: ``[C, Hq]`` running max (the f32 minimum where no key was live), ``[C,
+        Hq]`` sum and ``[C, Hq, d]`` accumulator, for
+        :func:`jaxsel.attention.sequence.combine_partials`.
 
     Returns:
-      ``[C, Hq, d]`` float32.
+      ``[C, Hq, d]`` float32 (or the partial state).
     """
     _checks.check_qk(q_chunk, k, q_name="q_chunk", q_layout="[C, Hq, d]")
     _checks.check_kv(k, v)
@@ -316,11 +324,12 @@ def rope_causal_attention(
         # The last block is shifted back to fit the cache; tokens an earlier block already
         # covered are masked out of it.
         b0 = jnp.minimum(j * bk, n - bk)
-        k_pos = b0 + jnp.arange(bk, dtype=jnp.int32)
+        k_row = b0 + jnp.arange(bk, dtype=jnp.int32)
+        k_pos = k_offset + k_row
         kb = rot(jax.lax.dynamic_slice_in_dim(k, b0, bk, axis=0), k_pos)
         vb = jax.lax.dynamic_slice_in_dim(v, b0, bk, axis=0)
         s = jnp.einsum("kqd,kmd->kqm", qg, kb.swapaxes(0, 1), preferred_element_type=jnp.float32)
-        live = (k_pos[None, :] >= j * bk) & (k_pos[None, :] <= q_pos_rows[:, None])
+        live = (k_row[None, :] >= j * bk) & (k_pos[None, :] <= q_pos_rows[:, None])
         s = jnp.where(live[None], s, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         p = jnp.exp(s - m_new[..., None])
@@ -338,7 +347,14 @@ def rope_causal_attention(
     )
     # A static start gives a static trip count: fori_loop lowers to a scan, which reverse-mode
     # differentiation supports (a traced one lowers to a while loop, which it does not).
-    n_blocks = (start + c + bk - 1) // bk
-    _, l, acc = jax.lax.fori_loop(0, n_blocks, block, init)
-    o = (acc / l[..., None]).reshape(hkv, g, c, d).transpose(2, 0, 1, 3)
-    return ungroup_heads(o, gqa_mapping)
+    static_offset = isinstance(k_offset, int | np.integer)
+    if static_offset and int(k_offset) == 0:
+        n_blocks = (start + c + bk - 1) // bk
+    else:  # the blocks of this shard that hold live tokens (a traced trip count)
+        live_rows = jnp.clip(start + c - jnp.asarray(k_offset, jnp.int32), 0, n)
+        n_blocks = (live_rows + bk - 1) // bk
+    m, l, acc = jax.lax.fori_loop(0, n_blocks, block, init)
+    rows = lambda x: ungroup_heads(x.reshape(hkv, g, c, -1).transpose(2, 0, 1, 3), gqa_mapping)
+    if return_partial:
+        return rows(m[..., None])[..., 0], rows(l[..., None])[..., 0], rows(acc)
+    return rows(acc / l[..., None])

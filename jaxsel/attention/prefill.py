@@ -53,6 +53,7 @@ def prefill_select(
     gqa_mapping: str = "group",
     chunk_len: jax.Array | int | None = None,
     implementation: str = "xla",
+    seq_axis: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One selection of past tokens for a whole prefill chunk, with the chunk's mean query.
 
@@ -62,7 +63,7 @@ def prefill_select(
         are candidates, so the chunk may already be written at ``kv_len..kv_len+C-1``.
       kv_len: number of past tokens.
       chunk_len: number of real rows of ``q_chunk`` (the rest is padding); ``None`` = all C.
-      top_k, n_sink, n_local, scale, vote_pool, gqa_mapping, implementation: as
+      top_k, n_sink, n_local, scale, vote_pool, gqa_mapping, implementation, seq_axis: as
         :func:`select_tokens`.
 
     Returns:
@@ -81,6 +82,7 @@ def prefill_select(
         vote_pool=vote_pool,
         gqa_mapping=gqa_mapping,
         implementation=implementation,
+        seq_axis=seq_axis,
     )
 
 

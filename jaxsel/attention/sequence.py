@@ -45,7 +45,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxsel.attention import _checks
-from jaxsel.attention.positions import POSITION_MODES, apply_rope, gathered_positions
+from jaxsel.attention._common import chunk_scores, chunk_values, ungroup_heads
+from jaxsel.attention.positions import (
+    POSITION_MODES,
+    apply_rope,
+    gathered_positions,
+    rope_causal_attention,
+)
+from jaxsel.attention.prefill import _chunk_mask
 from pallas_kernels import _xla_math
 
 Selection = tuple[jax.Array, jax.Array]
@@ -218,31 +225,37 @@ def partial_attention(
     scale: float,
     gqa_mapping: str = "group",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One shard's share of softmax attention over the keys where ``mask [M]`` is true.
+    """One shard's share of softmax attention over the keys where ``mask`` is true.
 
-    ``q [Hq, d]``, ``k, v [M, Hkv, d]``. Returns per head ``m = max_j s_j`` (``-inf`` if none),
-    ``l = sum_j exp(s_j - m)`` and ``o = sum_j exp(s_j - m) v_j`` (f32; ``v`` is zeroed off the
-    mask, so padding holding NaN cannot leak).
+    ``q [Hq, d]`` with ``mask [M]``, or a chunk ``q [C, Hq, d]`` with ``mask [C, M]``;
+    ``k, v [M, Hkv, d]``. Returns per query and head ``m = max_j s_j`` (``-inf`` if none),
+    ``l = sum_j exp(s_j - m)`` and ``o = sum_j exp(s_j - m) v_j`` (f32; ``v`` is zeroed where no
+    query may read it, so padding holding NaN cannot leak).
     """
-    s = _xla_math.head_scores(q, k, gqa_mapping) * jnp.float32(scale)
-    s = jnp.where(mask[None, :], s, -jnp.inf)
+    if q.ndim == 2:
+        parts = partial_attention(q[None], k, v, mask[None], scale=scale, gqa_mapping=gqa_mapping)
+        return tuple(x[0] for x in parts)
+    s = chunk_scores(q, k, gqa_mapping) * jnp.float32(scale)  # [Hkv, G, C, M]
+    s = jnp.where(mask, s, -jnp.inf)
     m = jnp.max(s, axis=-1)
-    e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0)[:, None])
-    vv = jnp.where(mask[:, None, None], v, jnp.zeros((), v.dtype))
-    return m, jnp.sum(e, axis=-1), _xla_math.head_values(e, vv, gqa_mapping)
+    e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0)[..., None])
+    vv = jnp.where(jnp.any(mask, axis=0)[:, None, None], v, jnp.zeros((), v.dtype))
+    rows = lambda x: ungroup_heads(jnp.moveaxis(x, 2, 0)[..., None], gqa_mapping)[..., 0]
+    return rows(m), rows(jnp.sum(e, axis=-1)), chunk_values(e, vv, gqa_mapping)
 
 
 def combine_partials(m: jax.Array, l: jax.Array, o: jax.Array, axis_name: str) -> jax.Array:
-    """Flash-decoding combine of every shard's :func:`partial_attention`: ONE all-gather of
-    ``[P, Hq, d + 2]``, then ``sum_i exp(m_i - m) o_i / sum_i exp(m_i - m) l_i`` (0 for a head
-    with no key anywhere). Every shard returns the same ``[Hq, d]`` f32."""
-    st = lax.all_gather(jnp.concatenate([m[:, None], l[:, None], o], axis=-1), axis_name)
+    """Flash-decoding combine of every shard's :func:`partial_attention` (``m, l [..., Hq]``,
+    ``o [..., Hq, d]``): ONE all-gather of ``[P, ..., Hq, d + 2]``, then
+    ``sum_i exp(m_i - m) o_i / sum_i exp(m_i - m) l_i`` (0 for a head with no key anywhere).
+    Every shard returns the same f32 result."""
+    st = lax.all_gather(jnp.concatenate([m[..., None], l[..., None], o], axis=-1), axis_name)
     ms, ls, os_ = st[..., 0], st[..., 1], st[..., 2:]
     mg = jnp.max(ms, axis=0)
     mg = jnp.where(jnp.isfinite(mg), mg, 0.0)
     w = jnp.where(jnp.isfinite(ms), jnp.exp(ms - mg), 0.0)
     den = jnp.sum(ls * w, axis=0)
-    return jnp.sum(os_ * w[..., None], axis=0) / jnp.where(den > 0, den, 1.0)[:, None]
+    return jnp.sum(os_ * w[..., None], axis=0) / jnp.where(den > 0, den, 1.0)[..., None]
 
 
 def _owned(indices: jax.Array, valid: jax.Array, n: int, axis_name: str) -> tuple[Any, Any]:
@@ -334,6 +347,83 @@ def sequence_rope_dense_attention(
     scale = _checks.resolve_scale(scale, q.shape[-1])
     parts = partial_attention(qr, kr, v, pos < kv_len, scale=scale, gqa_mapping=gqa_mapping)
     return combine_partials(*parts, axis_name).astype(jnp.result_type(q.dtype, v.dtype))
+
+
+def sequence_rope_causal_attention(
+    q_chunk: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    start: jax.Array | int,
+    *,
+    axis_name: str,
+    theta: float = 10000.0,
+    scaling: Mapping[str, Any] | None = None,
+    scale: float | None = None,
+    gqa_mapping: str = "group",
+    block_kv: int = 512,
+) -> jax.Array:
+    """:func:`jaxsel.attention.rope_causal_attention` (a prefill chunk at ``start..start+C-1``,
+    written into the cache, over every token up to itself) with the cache sharded along the
+    sequence: each shard runs the blocked online softmax over its own live keys, then
+    :func:`combine_partials`. ``[C, Hq, d]`` f32, replicated."""
+    n, _ = _check_sharded(q_chunk[0], k, axis_name)
+    parts = rope_causal_attention(
+        q_chunk, k, v, start, theta=theta, scaling=scaling, scale=scale,
+        gqa_mapping=gqa_mapping, block_kv=block_kv, k_offset=shard_offset(n, axis_name),
+        return_partial=True,
+    )  # fmt: skip
+    return combine_partials(*parts, axis_name)
+
+
+def sequence_rope_prefill_attention(
+    q_chunk: jax.Array,
+    k_chunk: jax.Array,
+    v_chunk: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    indices: jax.Array,
+    valid: jax.Array,
+    kv_len: jax.Array | int,
+    *,
+    axis_name: str,
+    position_mode: str = "compact",
+    theta: float = 10000.0,
+    scaling: Mapping[str, Any] | None = None,
+    scale: float | None = None,
+    chunk_len: jax.Array | int | None = None,
+    gqa_mapping: str = "group",
+) -> jax.Array:
+    """:func:`jaxsel.attention.rope_prefill_attention` with the cache sharded along the sequence.
+
+    The chunk attends over the selected past tokens (global ``indices``, each read by the shard
+    that holds it) and causally over itself; the chunk's own keys (replicated) are counted on
+    shard 0 only, so one :func:`combine_partials` gives the single-device softmax. Positions as
+    :func:`rope_prefill_attention`. ``[C, Hq, d]`` in ``result_type(q_chunk, v_chunk)``.
+    """
+    n, _ = _check_sharded(q_chunk[0], k, axis_name)
+    _checks.check_kv(k, v)
+    _checks.check_indices(indices, valid)
+    if position_mode not in POSITION_MODES:
+        raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+    c = q_chunk.shape[0]
+    if position_mode == "original":
+        kpos, first = indices.astype(jnp.int32), jnp.asarray(kv_len, jnp.int32)
+    else:
+        kpos = jnp.arange(indices.shape[0], dtype=jnp.int32)
+        first = jnp.sum(valid.astype(jnp.int32))
+    cpos = first + jnp.arange(c, dtype=jnp.int32)
+    rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling)
+    local, mine = _owned(indices, valid, n, axis_name)
+    kk = jnp.concatenate([rot(k[local], kpos), rot(k_chunk, cpos).astype(k.dtype)])
+    vv = jnp.concatenate([v[local], v_chunk.astype(v.dtype)])
+    own_chunk = _chunk_mask(c, chunk_len) & (lax.axis_index(axis_name) == 0)
+    mask = jnp.concatenate([jnp.broadcast_to(mine, (c, mine.shape[0])), own_chunk], axis=1)
+    scale = _checks.resolve_scale(scale, q_chunk.shape[-1])
+    parts = partial_attention(
+        rot(q_chunk, cpos), kk, vv, mask, scale=scale, gqa_mapping=gqa_mapping
+    )
+    out = combine_partials(*parts, axis_name)
+    return out.astype(jnp.result_type(q_chunk.dtype, v_chunk.dtype))
 
 
 def collective_bytes(

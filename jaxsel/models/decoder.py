@@ -166,16 +166,14 @@ def lm_logits(params: Params, x: jax.Array, config: DecoderConfig) -> jax.Array:
 
 def _write(cache: jax.Array, new: jax.Array, layer: int, start: Any, seq_axis: Any) -> jax.Array:
     """``cache[layer, start : start + C] = new`` in place; with ``seq_axis`` (a sequence-sharded
-    cache, one token) only the shard that holds global slot ``start`` changes its slot."""
+    cache) each shard writes only the rows whose global slots it holds."""
     new = new[None].astype(cache.dtype)
     if seq_axis is None:
         return jax.lax.dynamic_update_slice(cache, new, (layer, start, 0, 0))
     n = cache.shape[1]
-    local = start - shard_offset(n, seq_axis)
-    slot = jnp.clip(local, 0, n - 1)
-    old = jax.lax.dynamic_slice(cache, (layer, slot, 0, 0), new.shape)
-    mine = (local >= 0) & (local < n)
-    return jax.lax.dynamic_update_slice(cache, jnp.where(mine, new, old), (layer, slot, 0, 0))
+    local = start - shard_offset(n, seq_axis) + jnp.arange(new.shape[1], dtype=jnp.int32)
+    rows = jnp.where((local >= 0) & (local < n), local, n)  # n: out of range, dropped
+    return cache.at[layer, rows].set(new[0], mode="drop")
 
 
 def forward_chunk(
@@ -207,8 +205,8 @@ def forward_chunk(
         policy leaves them out of the chunk's mean query). ``None``: all are real.
       seq_axis: inside ``shard_map`` with the cache sharded along the sequence over this mesh
         axis: ``cache_k, cache_v`` are this shard's ``[L, N/P, Hkv, d]`` slots, ``start`` is
-        global, the new token is written by the shard that holds its slot, and attention runs
-        :func:`jaxsel.models.policies.attend` sequence-sharded (one token per call: decode).
+        global, each new token is written by the shard that holds its slot, and attention runs
+        :func:`jaxsel.models.policies.attend` sequence-sharded.
 
     Returns:
       ``(logits [C, V] float32, cache_k, cache_v, select_states)`` with the chunk written at
@@ -251,6 +249,7 @@ def forward_chunk(
             select_state=state,
             limit=limit,
             seq_axis=seq_axis,
+            chunk_kv=None if seq_axis is None else (k, v),
         )
         x = x + output_projection(lp, o.astype(dtype))
         h = rms_norm(x, lp["mlp_norm"], eps=config.rms_norm_eps)

@@ -121,6 +121,7 @@ def prefill(
     chunk: int,
     policy: pol.Policy,
     first_chunk: jax.Array | None = None,
+    seq_axis: str | None = None,
 ) -> KVCache:
     """Writes tokens ``[:, :n_tokens]`` into the cache in chunks of ``chunk`` (traced in ``scan``).
 
@@ -131,6 +132,9 @@ def prefill(
     chunks ``0 .. first_chunk - 1`` of these same tokens and only the chunks from ``first_chunk``
     on are computed (a ``fori_loop`` with a traced start, so one compilation serves every resume
     point). The result is the full prefill's: chunk boundaries do not move.
+
+    ``seq_axis``: inside ``shard_map`` with the cache sharded along the sequence over this mesh
+    axis (see :func:`jaxsel.models.decoder.forward_chunk`).
     """
     B = tokens.shape[0]
     limit = jnp.minimum(lengths, n_tokens).astype(jnp.int32)
@@ -138,8 +142,9 @@ def prefill(
     def run(ck, cv, start, toks):
         def one(ck_b, cv_b, t_b, lim_b):
             _, ck_b, cv_b, _ = forward_chunk(
-                params, t_b, ck_b, cv_b, start, config=config, policy=policy, limit=lim_b
-            )
+                params, t_b, ck_b, cv_b, start, config=config, policy=policy, limit=lim_b,
+                seq_axis=seq_axis,
+            )  # fmt: skip
             return ck_b, cv_b
 
         return batch_map(one, ck, cv, toks, limit)
@@ -242,9 +247,22 @@ def prefill_jit(
         )
     # The last prompt token is fed by the first decode step, so the prefill's real rows end
     # before it.
-    cache = prefill(
-        params, config, tokens, lengths - 1, cache, n_tokens=n_prefill, chunk=chunk, policy=policy
-    )
+    seq_axis = sharded_sequence_axis(cache_sharding, config, cache_len)
+
+    def run(p, t, lens, c):
+        kw = dict(n_tokens=n_prefill, chunk=chunk, policy=policy, seq_axis=seq_axis)
+        return prefill(p, config, t, lens, c, **kw)
+
+    if seq_axis is not None:  # each device keeps and fills its own slots
+        rep, spec = jax.sharding.PartitionSpec(), cache_sharding.spec
+        run = jax.shard_map(
+            run,
+            mesh=cache_sharding.mesh,
+            in_specs=(rep, rep, rep, KVCache(spec, spec, rep)),
+            out_specs=KVCache(spec, spec, rep),
+            check_vma=False,
+        )
+    cache = run(params, tokens, lengths - 1, cache)
     return _first_decode_state(cache, tokens, lengths, policy, config)
 
 

@@ -263,11 +263,11 @@ def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None, seq_axis=None
     kw = dict(top_k=policy.top_k, n_sink=policy.n_sink, n_local=policy.n_local)
     kw["vote_pool"] = policy.vote_pool
     kw["implementation"] = policy.implementation
+    if seq_axis is not None:
+        kw["seq_axis"] = seq_axis
     if sq.ndim == 3:
         idx, valid = A.prefill_select(sq, cache_k, kv_len, chunk_len=chunk_len, **kw)
         return idx, valid, state
-    if seq_axis is not None:
-        kw["seq_axis"] = seq_axis
     if state is not None:
         idx, valid, state, _ = A.cached_select(
             state, sq, cache_k, kv_len, threshold=policy.cache_threshold, **kw
@@ -290,31 +290,53 @@ def check_sequence_policy(policy: Policy) -> None:
         )
 
 
-def _attend_sequence_sharded(policy, q, cache_k, cache_v, start, *, layer, config, state, axis):
-    """:func:`attend` for one decode query over a cache sharded along the sequence over the mesh
-    axis ``axis`` (``cache_k, cache_v`` this shard's ``[N/P, Hkv, d]``): the sequence-sharded
-    selection and attention of :mod:`jaxsel.attention.sequence`, replicated results."""
-    if q.shape[0] != 1:
-        raise ValueError(
-            f"a sequence-sharded cache takes one query per call (decode), got {q.shape[0]}; "
-            "prefill runs with the cache sharding as a GSPMD constraint instead"
-        )
+def _attend_sequence_sharded(
+    policy, q, cache_k, cache_v, start, *, layer, config, state, axis, limit, chunk_kv
+):  # fmt: skip
+    """:func:`attend` over a cache sharded along the sequence over the mesh axis ``axis``
+    (``cache_k, cache_v`` this shard's ``[N/P, Hkv, d]``): the sequence-sharded selection and
+    attention of :mod:`jaxsel.attention.sequence`; the results are replicated."""
     check_sequence_policy(policy)
+    C = q.shape[0]
     n_global = cache_k.shape[0] * A.sequence.axis_size(axis)
-    kv_len = start + 1
     rope_kw = dict(theta=config.rope_theta, scaling=config.rope_scaling_dict())
-    if isinstance(policy, Dense) or layer in policy.dense_layers or policy.budget >= n_global:
-        o = A.sequence_rope_dense_attention(
-            q[0], cache_k, cache_v, kv_len, axis_name=axis, **rope_kw
+    dense = isinstance(policy, Dense) or layer in policy.dense_layers or policy.budget >= n_global
+
+    def dense_chunk():
+        return A.sequence.sequence_rope_causal_attention(
+            q, cache_k, cache_v, start, axis_name=axis, block_kv=DENSE_BLOCK_KV, **rope_kw
         )
-        return o[None].astype(jnp.float32), state
+
+    if dense:
+        return dense_chunk(), state
     sq = A.scoring_query(q, n_local=policy.n_local, **rope_kw)
-    idx, valid, state = _select(policy, sq[0], cache_k, kv_len, state, seq_axis=axis)
-    o = A.sequence_rope_sparse_attention(
-        q[0], cache_k, cache_v, idx, valid, kv_len, axis_name=axis,
-        position_mode=policy.position_mode, **rope_kw,
-    )  # fmt: skip
-    return o[None].astype(jnp.float32), state
+    mode = policy.position_mode
+    if C == 1:
+        kv_len = start + 1
+        idx, valid, state = _select(policy, sq[0], cache_k, kv_len, state, seq_axis=axis)
+        o = A.sequence_rope_sparse_attention(
+            q[0], cache_k, cache_v, idx, valid, kv_len, axis_name=axis, position_mode=mode,
+            **rope_kw,
+        )  # fmt: skip
+        return o[None].astype(jnp.float32), state
+    chunk_len = None if limit is None else jnp.clip(limit - start, 1, C)
+
+    def sparse_chunk():
+        idx, valid, _ = _select(
+            policy, sq, cache_k, start, None, chunk_len=chunk_len, seq_axis=axis
+        )
+        # The chunk's own keys and values as every shard computed them (the cache holds them
+        # only on the shards that own their slots), in the cache's dtype as one device reads them.
+        k_chunk, v_chunk = (x.astype(cache_k.dtype) for x in chunk_kv)
+        o = A.sequence.sequence_rope_prefill_attention(
+            q, k_chunk, v_chunk, cache_k, cache_v, idx, valid, start, axis_name=axis,
+            position_mode=mode, **rope_kw,
+        )  # fmt: skip
+        return o.astype(jnp.float32)
+
+    if isinstance(start, int):
+        return (dense_chunk() if start <= policy.budget else sparse_chunk()), state
+    return jax.lax.cond(start <= policy.budget, dense_chunk, sparse_chunk), state
 
 
 def attend(
@@ -329,6 +351,7 @@ def attend(
     select_state: Any = None,
     limit: jax.Array | None = None,
     seq_axis: str | None = None,
+    chunk_kv: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, Any]:
     """One layer's attention for C new queries of one sequence under ``policy``.
 
@@ -340,8 +363,10 @@ def attend(
       limit: positions ``>= limit`` in the chunk are right padding (left out of a prefill
         chunk's mean query).
       seq_axis: the cache is sharded along the sequence over this mesh axis (inside
-        ``shard_map``; ``cache_k, cache_v`` are this shard's slots): decode only, dense or
-        TokenSelect, through :mod:`jaxsel.attention.sequence`.
+        ``shard_map``; ``cache_k, cache_v`` are this shard's slots; ``start`` is global): dense
+        or TokenSelect through :mod:`jaxsel.attention.sequence`, decode and prefill chunks.
+      chunk_kv: with ``seq_axis`` and C > 1, the chunk's own ``(k, v) [C, Hkv, d]`` (replicated;
+        the cache holds them only on the shards that own their slots).
 
     Returns:
       ``(o [C, Hq, d] float32, select_state)``.
@@ -354,7 +379,7 @@ def attend(
     if seq_axis is not None:
         return _attend_sequence_sharded(
             policy, q, cache_k, cache_v, start, layer=layer, config=config,
-            state=select_state, axis=seq_axis,
+            state=select_state, axis=seq_axis, limit=limit, chunk_kv=chunk_kv,
         )  # fmt: skip
     C = q.shape[0]
     N = cache_k.shape[0]

@@ -4,6 +4,7 @@ KV cache sharded along the sequence over 2, 4 and 8."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import numpy as np
@@ -13,7 +14,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxsel.models import DecoderConfig, TokenSelect, generate, init_cache, init_params
 from jaxsel.models.cache import heads_partition_spec, sequence_partition_spec
 from jaxsel.models.decoder import heads_param_specs
-from jaxsel.models.generate import decode_jit, prefill, start_generation
+from jaxsel.models.generate import (
+    decode_jit,
+    prefill,
+    prefill_arguments,
+    prefill_jit,
+    start_generation,
+)
 
 CFG = DecoderConfig(
     vocab_size=53,
@@ -135,3 +142,24 @@ def test_bad_cache_sharding_raises_clear_errors(cpu_devices, seq_params):
     mesh2d = Mesh(np.array(cpu_devices[:4]).reshape(2, 2), ("seq", "heads"))
     with pytest.raises(ValueError, match="sequence sharding takes one mesh axis"):
         run(NamedSharding(mesh2d, PartitionSpec(None, None, "seq", "heads", None)))
+
+
+def test_sequence_sharded_prefill_fills_each_shard_without_gathering_the_cache(
+    cpu_devices, seq_params
+):
+    """The prefill runs under shard_map too: the same cache as one device (to float32 rounding),
+    and the compiled program never gathers the cache."""
+    _, args, static = prefill_arguments(SEQ_PROMPTS, policy=TS, **SEQ_KW)
+    sharding = _seq_sharding(cpu_devices, 4)
+    single = prefill_jit(seq_params, *args, config=CFG, **static)
+    lowered = prefill_jit.lower(seq_params, *args, config=CFG, cache_sharding=sharding, **static)
+    sharded = prefill_jit(seq_params, *args, config=CFG, cache_sharding=sharding, **static)
+    assert sharded.k.sharding.is_equivalent_to(sharding, sharded.k.ndim)
+    np.testing.assert_allclose(np.asarray(sharded.k), np.asarray(single.k), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sharded.v), np.asarray(single.v), rtol=1e-5, atol=1e-5)
+    # A gathered cache would show its length (72) or a shard's (18) among a collective's dims;
+    # what is gathered is [Hq]-sized statistics, top-k proposals and [C, Hq, d + 2] partials.
+    hlo = lowered.compile().as_text()
+    shapes = re.findall(r"= \w+\[([\d,]*)\][^=\n]*? all-gather\(", hlo)
+    dims = [{int(x) for x in shape.split(",") if x} for shape in shapes]
+    assert dims and not any({72, 18} & d for d in dims), shapes
