@@ -207,7 +207,9 @@ def test_bad_input_raises_clear_errors(cpu_devices):
                 q, k, 500, axis_name="seq", top_k=8, vote_pool=130, **BUDGET
             )[0]
         )
-    with pytest.raises(ValueError, match=r"larger than the global cache length N = 8 shards x 64 tokens = 512"):
+    with pytest.raises(
+        ValueError, match=r"larger than the global cache length N = 8 shards x 64 tokens = 512"
+    ):
         call(lambda q, k: sequence_select(q, k, 500, axis_name="seq", top_k=600, **BUDGET)[0])
     with pytest.raises(ValueError, match=r"kv_len=600 must lie in \[0, N=512\]"):
         call(lambda q, k: sequence_select(q, k, 600, axis_name="seq", top_k=8, **BUDGET)[0])
