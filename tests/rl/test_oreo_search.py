@@ -19,9 +19,7 @@ from jaxsel.rl.oreo import task as T
 jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 TCFG = T.TaskConfig(n_steps=2, modulus=5, max_len=20)
-MCFG = M.DecoderConfig(
-    vocab_size=T.VOCAB_SIZE, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=20
-)
+MCFG = M.small_decoder(T.VOCAB_SIZE, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=20)
 
 
 @functools.cache
@@ -34,7 +32,7 @@ def _params():
 def test_decode_step_matches_forward_prefill_and_values():
     pol, val = _params()
     b, _ = jit(lambda k: T.sft_examples(k, TCFG))(jax.random.key(0))
-    head = {"w": jax.random.normal(jax.random.key(2), (MCFG.d_model,)), "b": jnp.float32(0.5)}
+    head = {"w": jax.random.normal(jax.random.key(2), (MCFG.hidden_size,)), "b": jnp.float32(0.5)}
 
     @jit
     def run(tokens):
@@ -42,7 +40,9 @@ def test_decode_step_matches_forward_prefill_and_values():
             logits, hid, cache = M.decode_step(pol, cache, tokens[p], p, MCFG)
             return cache, (logits, hid)
 
-        cache, (inc, inc_hid) = jax.lax.scan(body, M.init_cache(MCFG), jnp.arange(MCFG.max_len))
+        cache, (inc, inc_hid) = jax.lax.scan(
+            body, M.init_cache(MCFG), jnp.arange(MCFG.max_position_embeddings)
+        )
         full, hid = M.forward(pol, tokens, MCFG)
         pre = M.prefill(pol, tokens, MCFG)
         # same trunk as ``forward`` on the same input: XLA shares the computation
@@ -53,9 +53,9 @@ def test_decode_step_matches_forward_prefill_and_values():
     np.testing.assert_allclose(inc, full, rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(inc_hid, hid, rtol=2e-4, atol=2e-4)
     # prefill builds the cache that token-by-token decoding builds
-    assert pre["k"].shape == (1, 20, 2, 8)
-    np.testing.assert_allclose(pre["k"], cache["k"], rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(pre["v"], cache["v"], rtol=2e-4, atol=2e-4)
+    assert pre.k.shape == (1, 20, 2, 8)
+    np.testing.assert_allclose(pre.k, cache.k, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(pre.v, cache.v, rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(v, np.asarray(hid) @ np.asarray(head["w"]) + 0.5, rtol=1e-4)
     # zero-initialised scalar head: V = 0 everywhere at initialisation
     np.testing.assert_array_equal(val["value_head"]["w"], 0.0)

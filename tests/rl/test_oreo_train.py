@@ -43,7 +43,9 @@ def test_value_init_copies_trunk_and_zero_head():
     assert v["layers"][0]["wq"] is not p["layers"][0]["wq"]  # a copy, not an alias
     np.testing.assert_array_equal(head["w"], np.zeros(cfg.d_model))
     assert float(head["b"]) == 0.0 and "value_head" not in p
-    assert cfg.model.max_len >= 3 + 2 * 5 + 4 * 5 + 3  # holds the longer evaluation chains
+    assert (
+        cfg.model.max_position_embeddings >= 3 + 2 * 5 + 4 * 5 + 3
+    )  # holds the longer evaluation chains
 
 
 def test_tiny_pipeline_smoke():
@@ -66,7 +68,7 @@ def test_tiny_pipeline_smoke():
     assert np.all(np.isfinite(ls)) and ls[-5:].mean() < 0.7 * ls[:5].mean()
     prompts = T.prompt_batch(jax.random.key(3), 8, tcfg)
     off, _ = oreo.collect(jax.random.key(4), pol, prompts, cfg, k=2, temperature=1.0)
-    assert off.tokens.shape == (16, cfg.model.max_len)
+    assert off.tokens.shape == (16, cfg.model.max_position_embeddings)
     assert set(np.unique(off.reward)) <= {0.0, 1.0}
     np.testing.assert_array_equal(off.prompt_id, np.repeat(np.arange(8), 2))
     train = oreo.make_oreo(cfg, steps=2, step_level=False)

@@ -154,8 +154,8 @@ class OreoConfig:
     @property
     def model(self) -> M.DecoderConfig:
         long = T.prompt_length(self.eval_long_steps) + T.response_length(self.eval_long_steps)
-        return M.DecoderConfig(
-            vocab_size=T.VOCAB_SIZE,
+        return M.small_decoder(
+            T.VOCAB_SIZE,
             d_model=self.d_model,
             n_layers=self.n_layers,
             n_heads=self.n_heads,
@@ -165,7 +165,9 @@ class OreoConfig:
 
     def task_with(self, n_steps: int) -> T.TaskConfig:
         """The task with chains of ``n_steps``, in buffers as long as the model's."""
-        return dataclasses.replace(self.task, n_steps=n_steps, max_len=self.model.max_len)
+        return dataclasses.replace(
+            self.task, n_steps=n_steps, max_len=self.model.max_position_embeddings
+        )
 
     def hparams(self) -> OreoHyperparams:
         """The traced learning rates of this configuration (float32 scalars)."""

@@ -6,89 +6,90 @@ zero-initialised scalar head on the final-normed hidden states (``value_head``),
 (arXiv 2412.16145 Sec. 4): ``V(s_j) = w . h_j + b`` with ``w = 0, b = 0`` at initialisation, so a
 value model built from a policy starts at ``V = 0`` with the policy's features.
 
-This module is a thin adapter: :class:`DecoderConfig` names the few sizes the task needs and
-converts to :class:`jaxsel.models.DecoderConfig` (``.llama``); parameters use the layout of
-``jaxsel.models`` (``embed``, ``layers`` = list of per-layer dicts, ``final_norm``, ``lm_head``),
-only initialised with fan-in scaling (``N(0, 1/fan_in)``, residual outputs further scaled by
-``1/sqrt(2 n_layers)``) instead of HF's std 0.02, which trains these tiny models faster. The KV
-cache is ``{"k", "v"}`` of shape ``[n_layers, max_len, n_heads, head_dim]`` (keys stored without
-RoPE, as ``forward_chunk`` keeps them).
+This module is a thin adapter on the one configuration and cache of :mod:`jaxsel.models`:
+:func:`small_decoder` builds a :class:`jaxsel.models.DecoderConfig` from the few sizes the task
+needs (its ``max_position_embeddings`` is the padded sequence buffer length), parameters use the
+``jaxsel.models`` layout (``embed``, ``layers`` = list of per-layer dicts, ``final_norm``,
+``lm_head``), only initialised with fan-in scaling (``N(0, 1/fan_in)``, residual outputs further
+scaled by ``1/sqrt(2 n_layers)``) instead of HF's std 0.02, which trains these tiny models faster.
+The KV cache is one sequence's slice of :func:`jaxsel.models.init_cache` (a
+:class:`jaxsel.models.cache.KVCache` with ``k, v [n_layers, max_len, n_heads, head_dim]``, keys
+stored without RoPE, as ``forward_chunk`` keeps them).
 
 All functions are unbatched (one sequence ``[L]``); callers vmap.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import Array
 
-from jaxsel.models import config as _mc
 from jaxsel.models import decoder as _dec
+from jaxsel.models.cache import KVCache
+from jaxsel.models.cache import init_cache as _init_cache
+from jaxsel.models.config import DecoderConfig
 from jaxsel.utils.compile import fast_jit
 
 Params = dict[str, Any]
 
 __all__ = [
     "DecoderConfig",
+    "KVCache",
     "decode_step",
     "forward",
     "init_cache",
     "init_params",
     "init_params_jit",
     "prefill",
+    "small_decoder",
     "token_logps",
     "values",
 ]
 
 
-@dataclasses.dataclass(frozen=True)
-class DecoderConfig:
-    """Sizes of OREO's small decoder; :attr:`llama` is the :mod:`jaxsel.models` config."""
+def small_decoder(
+    vocab_size: int,
+    *,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_ff: int = 128,
+    max_len: int = 64,
+    rope_theta: float = 10000.0,
+    norm_eps: float = 1e-5,
+) -> DecoderConfig:
+    """The :class:`jaxsel.models.DecoderConfig` of OREO's small decoder (multi-head attention,
+    untied head); ``max_len`` is the sequence buffer length (``max_position_embeddings``).
 
-    vocab_size: int
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 128
-    max_len: int = 64
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"{self.d_model=} must be a multiple of {self.n_heads=}")
-        if (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for RoPE")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def llama(self) -> _mc.DecoderConfig:
-        return _mc.DecoderConfig(
-            vocab_size=self.vocab_size,
-            hidden_size=self.d_model,
-            intermediate_size=self.d_ff,
-            num_layers=self.n_layers,
-            num_heads=self.n_heads,
-            num_kv_heads=self.n_heads,
-            rope_theta=self.rope_theta,
-            rms_norm_eps=self.norm_eps,
-            max_position_embeddings=self.max_len,
-        )
+    Raises:
+      ValueError: a head split that does not divide ``d_model`` or gives an odd head dimension.
+    """
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
+    if (d_model // n_heads) % 2:
+        raise ValueError(f"head dim d_model / n_heads = {d_model // n_heads} must be even for RoPE")
+    return DecoderConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=d_ff,
+        num_layers=n_layers,
+        num_heads=n_heads,
+        num_kv_heads=n_heads,
+        rope_theta=rope_theta,
+        rms_norm_eps=norm_eps,
+        max_position_embeddings=max_len,
+    )
 
 
 def init_params(key: Array, cfg: DecoderConfig, *, value_head: bool = False) -> Params:
     """Random decoder parameters in the :mod:`jaxsel.models` layout; ``value_head=True`` adds a
     zero-initialised scalar head."""
-    shapes = _dec.param_shapes(cfg.llama)
-    keys = iter(jax.random.split(key, 2 + 7 * cfg.n_layers))
-    d, f, n = cfg.d_model, cfg.d_ff, cfg.n_layers
+    shapes = _dec.param_shapes(cfg)
+    keys = iter(jax.random.split(key, 2 + 7 * cfg.num_layers))
+    d, f, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
     resid = 1.0 / jnp.sqrt(2.0 * n)
     fan_in = {"wq": d, "wk": d, "wv": d, "wo": d, "w_gate": d, "w_up": d, "w_down": f}
     scale = {"wo": resid, "w_down": resid}
@@ -129,7 +130,7 @@ def forward(params: Params, tokens: Array, cfg: DecoderConfig) -> tuple[Array, A
     Returns:
       ``(logits [L, vocab], hidden [L, d_model])``, hidden after the final norm.
     """
-    return _dec.forward(params, tokens, config=cfg.llama, return_hidden=True)
+    return _dec.forward(params, tokens, config=cfg, return_hidden=True)
 
 
 def token_logps(params: Params, tokens: Array, cfg: DecoderConfig) -> tuple[Array, Array]:
@@ -153,37 +154,41 @@ def values(params: Params, tokens: Array, cfg: DecoderConfig) -> Array:
 # incremental decoding with a per-sequence KV cache (jaxsel.models.decoder.forward_chunk)
 
 
-def init_cache(cfg: DecoderConfig) -> dict[str, Array]:
-    shape = (cfg.n_layers, cfg.max_len, cfg.n_heads, cfg.head_dim)
-    return {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
+def init_cache(cfg: DecoderConfig) -> KVCache:
+    """An empty cache for one sequence of ``cfg.max_position_embeddings`` tokens."""
+    batch = _init_cache(cfg, 1, cfg.max_position_embeddings)
+    return jax.tree.map(lambda x: x[0], batch)
 
 
-def prefill(params: Params, tokens: Array, cfg: DecoderConfig) -> dict[str, Array]:
+def prefill(params: Params, tokens: Array, cfg: DecoderConfig) -> KVCache:
     """KV cache of a whole buffer ``[max_len]`` in one causal pass (entries past the current
     position are never attended to and get overwritten while decoding)."""
-    if tokens.shape[0] != cfg.max_len:
-        raise ValueError(f"tokens has length {tokens.shape[0]} but the cache holds {cfg.max_len=}")
+    if tokens.shape[0] != cfg.max_position_embeddings:
+        raise ValueError(
+            f"tokens has length {tokens.shape[0]} but the cache holds "
+            f"max_len={cfg.max_position_embeddings}"
+        )
     c = init_cache(cfg)
-    _, k, v, _ = _dec.forward_chunk(params, tokens, c["k"], c["v"], jnp.int32(0), config=cfg.llama)
-    return {"k": k, "v": v}
+    _, k, v, _ = _dec.forward_chunk(params, tokens, c.k, c.v, jnp.int32(0), config=cfg)
+    return KVCache(k, v, jnp.int32(tokens.shape[0]))
 
 
 def decode_step(
-    params: Params, cache: dict[str, Array], token: Array, pos: Array, cfg: DecoderConfig
-) -> tuple[Array, Array, dict[str, Array]]:
+    params: Params, cache: KVCache, token: Array, pos: Array, cfg: DecoderConfig
+) -> tuple[Array, Array, KVCache]:
     """Feed ``token`` at position ``pos``; returns ``(logits [vocab], hidden [d], cache)``.
 
     Matches :func:`forward` on the prefix: ``decode_step`` over ``tokens[0..p]`` gives
     ``forward(tokens)[p]`` (attention reads cache slots ``<= pos`` only).
     """
-    tok = jnp.asarray(token, jnp.int32)[None]
+    pos = jnp.asarray(pos, jnp.int32)
     logits, k, v, _, hid = _dec.forward_chunk(
         params,
-        tok,
-        cache["k"],
-        cache["v"],
-        jnp.asarray(pos, jnp.int32),
-        config=cfg.llama,
+        jnp.asarray(token, jnp.int32)[None],
+        cache.k,
+        cache.v,
+        pos,
+        config=cfg,
         return_hidden=True,
     )
-    return logits[0], hid[0], {"k": k, "v": v}
+    return logits[0], hid[0], KVCache(k, v, jnp.maximum(cache.length, pos + 1))
