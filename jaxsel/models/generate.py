@@ -48,7 +48,7 @@ def _nucleus_logits(logits: jax.Array, temperature: float, top_p: float) -> jax.
 
 
 def sample_token(
-    logits: jax.Array, key: jax.Array, *, temperature: float = 0.0, top_p: float = 1.0
+    key: jax.Array, logits: jax.Array, *, temperature: float = 0.0, top_p: float = 1.0
 ) -> jax.Array:
     """One token from ``logits [V]``: argmax when ``temperature == 0``, else nucleus sampling.
 
@@ -412,8 +412,8 @@ def _decode_loop(
             ck = jax.lax.with_sharding_constraint(ck, cache_sharding)
             cv = jax.lax.with_sharding_constraint(cv, cache_sharding)
         keys = jax.random.split(key_t, B)
-        nxt = jax.vmap(lambda lg, k: sample_token(lg, k, temperature=temperature, top_p=top_p))(
-            logits, keys
+        nxt = jax.vmap(lambda k, lg: sample_token(k, lg, temperature=temperature, top_p=top_p))(
+            keys, logits
         )
         hits = st.hits
         if states is not None:

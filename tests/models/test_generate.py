@@ -119,17 +119,17 @@ def test_gathered_attention_matches_numpy(adaptive):
 def test_sampling_reproducible_and_top_p():
     logits = jnp.array([0.0, 5.0, 4.9, -3.0])
     # top_p small: only the argmax survives.
-    draws = jax.jit(jax.vmap(lambda k: sample_token(logits, k, temperature=1.0, top_p=0.3)))(
+    draws = jax.jit(jax.vmap(lambda k: sample_token(k, logits, temperature=1.0, top_p=0.3)))(
         jax.random.split(jax.random.key(0), 64)
     )
     assert set(np.asarray(draws).tolist()) == {1}
-    draws = jax.jit(jax.vmap(lambda k: sample_token(logits, k, temperature=1.0, top_p=0.99)))(
+    draws = jax.jit(jax.vmap(lambda k: sample_token(k, logits, temperature=1.0, top_p=0.99)))(
         jax.random.split(jax.random.key(0), 256)
     )
     freq = np.bincount(np.asarray(draws), minlength=4) / 256
     p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     assert set(np.flatnonzero(freq)) <= {1, 2, 3} and abs(freq[1] - p[1] / p[1:3].sum()) < 0.1
-    assert int(sample_token(logits, jax.random.key(1))) == 1
+    assert int(sample_token(jax.random.key(1), logits)) == 1
 
 
 def test_sampled_generation_depends_only_on_key(model):
