@@ -203,6 +203,22 @@ def rope_sparse_attention(
     )
 
 
+def prefill_positions(
+    indices: jax.Array, valid: jax.Array, kv_len: jax.Array | int, c: int, position_mode: str
+) -> tuple[jax.Array, jax.Array]:
+    """RoPE positions of a prefill chunk's gathered past keys ``[B]`` and its ``c`` tokens: in
+    ``"original"`` mode the keys at ``indices`` and chunk token i at ``kv_len + i``; in
+    ``"compact"`` mode the keys at ``0..B-1`` and chunk token i at ``n_valid + i``."""
+    if position_mode not in POSITION_MODES:
+        raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+    if position_mode == "original":
+        kpos, start = indices.astype(jnp.int32), jnp.asarray(kv_len, jnp.int32)
+    else:
+        kpos = jnp.arange(indices.shape[0], dtype=jnp.int32)
+        start = jnp.sum(valid.astype(jnp.int32))
+    return kpos, start + jnp.arange(c, dtype=jnp.int32)
+
+
 def rope_prefill_attention(
     q_chunk: jax.Array,
     k_chunk: jax.Array,
@@ -229,15 +245,7 @@ def rope_prefill_attention(
     unrotated.
     """
     _checks.check_rank(indices, 1, "indices", "[B] (shared selection)")
-    if position_mode not in POSITION_MODES:
-        raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
-    c = q_chunk.shape[0]
-    if position_mode == "original":
-        kpos, start = indices.astype(jnp.int32), jnp.asarray(kv_len, jnp.int32)
-    else:
-        kpos = jnp.arange(indices.shape[0], dtype=jnp.int32)
-        start = jnp.sum(valid.astype(jnp.int32))
-    cpos = start + jnp.arange(c, dtype=jnp.int32)
+    kpos, cpos = prefill_positions(indices, valid, kv_len, q_chunk.shape[0], position_mode)
     rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling)
     return chunk_attention(
         rot(q_chunk, cpos),

@@ -50,6 +50,7 @@ from jaxsel.attention.positions import (
     POSITION_MODES,
     apply_rope,
     gathered_positions,
+    prefill_positions,
     rope_causal_attention,
 )
 from jaxsel.attention.prefill import _chunk_mask
@@ -403,15 +404,8 @@ def sequence_rope_prefill_attention(
     n, _ = _check_sharded(q_chunk[0], k, axis_name)
     _checks.check_kv(k, v)
     _checks.check_indices(indices, valid)
-    if position_mode not in POSITION_MODES:
-        raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
     c = q_chunk.shape[0]
-    if position_mode == "original":
-        kpos, first = indices.astype(jnp.int32), jnp.asarray(kv_len, jnp.int32)
-    else:
-        kpos = jnp.arange(indices.shape[0], dtype=jnp.int32)
-        first = jnp.sum(valid.astype(jnp.int32))
-    cpos = first + jnp.arange(c, dtype=jnp.int32)
+    kpos, cpos = prefill_positions(indices, valid, kv_len, c, position_mode)
     rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling)
     local, mine = _owned(indices, valid, n, axis_name)
     kk = jnp.concatenate([rot(k[local], kpos), rot(k_chunk, cpos).astype(k.dtype)])

@@ -18,20 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxsel.rl import envs, sac
 from jaxsel.utils import restore_tree, save_tree
 
-TINY = sac.SACConfig(
-    total_timesteps=48,
-    num_envs=2,
-    learning_starts=16,
-    utd_ratio=0.5,
-    batch_size=8,
-    buffer_size=64,
-    hidden_sizes=(8,),
-    num_evals=2,
-    eval_episodes=2,
-    actor_lr=1e-3,
-    critic_lr=1e-3,
-    alpha_lr=1e-3,
-)
+TINY = sac.SACConfig.tiny()
 ENV = envs.Pendulum()
 PARAMS = envs.PendulumParams(max_steps_in_episode=10)
 

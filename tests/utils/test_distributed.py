@@ -47,20 +47,7 @@ HQ, HKV, HEAD_DIM, N_TOKENS = 8, 2, 16, 512
 KV_LENS = (500, 300, 40)
 TOP_K, N_SINK, N_LOCAL = 40, 4, 8
 SAC_SEEDS = 4
-TINY = sac.SACConfig(
-    total_timesteps=48,
-    num_envs=2,
-    learning_starts=16,
-    utd_ratio=0.5,
-    batch_size=8,
-    buffer_size=64,
-    hidden_sizes=(8,),
-    num_evals=2,
-    eval_episodes=2,
-    actor_lr=1e-3,
-    critic_lr=1e-3,
-    alpha_lr=1e-3,
-)
+TINY = sac.SACConfig.tiny()
 
 # Selected tokens and validity must match exactly. The attention output is a softmax-weighted
 # mean of at most B = n_sink + top_k + n_local = 52 value rows; the flash-decoding combine sums the

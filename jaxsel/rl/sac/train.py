@@ -72,6 +72,26 @@ class SACConfig:
     target_entropy: float | None = None  # None: -|A|
     band_limit_sigma: float = 0.1  # perturbation std, as a fraction of the half action range
 
+    @classmethod
+    def tiny(cls, **overrides: Any) -> SACConfig:
+        """A smoke-test size (8-unit networks, 48 environment steps, 2 evaluations) where
+        compilation, not running, dominates: tests and multi-process checks."""
+        small = dict(
+            total_timesteps=48,
+            num_envs=2,
+            learning_starts=16,
+            utd_ratio=0.5,
+            batch_size=8,
+            buffer_size=64,
+            hidden_sizes=(8,),
+            num_evals=2,
+            eval_episodes=2,
+            actor_lr=1e-3,
+            critic_lr=1e-3,
+            alpha_lr=1e-3,
+        )
+        return cls(**{**small, **overrides})
+
     def __post_init__(self) -> None:
         positive = (
             "total_timesteps",
