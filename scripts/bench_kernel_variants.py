@@ -18,7 +18,7 @@ Per cache length N (Hq=32, Hkv=8, d=128, bf16, k=2048), all in the same run:
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import sys
 import time
@@ -32,6 +32,7 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxsel._bench import format_table, time_fn, write_json
+from jaxsel.utils import flag, parse_config
 from pallas_kernels.token_select.reference import soft_votes_reference
 from pallas_kernels.topk import BlockSizes
 from pallas_kernels.topk.radix import compact_mask, kth_largest_key, mask_above, topk_set_radix
@@ -116,21 +117,35 @@ def bench_n(n: int, *, k_top: int, interpret: bool, iters: int) -> list[dict[str
     return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class VariantsConfig:
+    ns: tuple[int, ...] = flag((128 * 1024, 512 * 1024, 1024 * 1024), "cache lengths N")
+    k: int = flag(2048, "top-k")
+    iters: int = flag(20, "timed calls per variant (median)")
+    interpret: bool = flag(False, "Mosaic GPU interpreter (CPU plumbing)")
+    out: str = flag("results/gpu/bench_kernel_variants.json", "output JSON")
+
+    def __post_init__(self) -> None:
+        for name in ("k", "iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if min(self.ns) < 1:
+            raise ValueError(f"ns must be >= 1, got {self.ns}")
+
+
+def parse_args(argv: list[str] | None = None) -> VariantsConfig:
+    return parse_config(VariantsConfig, argv, description=__doc__)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ns", type=int, nargs="+", default=[128 * 1024, 512 * 1024, 1024 * 1024])
-    p.add_argument("--k", type=int, default=2048)
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--interpret", action="store_true", help="Mosaic GPU interpreter (CPU plumbing)")
-    p.add_argument("--out", default="results/gpu/bench_kernel_variants.json")
-    a = p.parse_args(argv)
+    a = parse_args(argv)
     dev = jax.devices()[0]
     print(f"jax {jax.__version__}, device {dev.device_kind} ({jax.default_backend()})")
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for n in a.ns:
         rows += bench_n(n, k_top=a.k, interpret=a.interpret, iters=a.iters)
-        write_json(a.out, {"config": vars(a), "device_kind": dev.device_kind,
+        write_json(a.out, {"config": dataclasses.asdict(a), "device_kind": dev.device_kind,
                            "jax_version": jax.__version__, "rows": rows,
                            "wall_s": time.perf_counter() - t0})  # fmt: skip
     print(format_table(rows, ["op", "N", "median_ms", "compile_s", "GBps", "frac_of_copy",

@@ -29,7 +29,6 @@ shapes: ``--tiny``; interpreter times mean nothing).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import sys
@@ -47,13 +46,14 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxsel._bench import format_table, time_fn, write_json
+from jaxsel.utils import flag, parse_config
 from pallas_kernels import available_implementations, sparse_decode_attention, token_select, topk
 from pallas_kernels.token_select.reference import soft_votes_reference
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    ns: tuple[int, ...] = (128 * 1024, 512 * 1024, 1024 * 1024)
+    ns: tuple[int, ...] = flag((128 * 1024, 512 * 1024, 1024 * 1024), "cache lengths N")
     hq: int = 32
     hkv: int = 8
     d: int = 128
@@ -61,53 +61,39 @@ class Config:
     n_sink: int = 128
     n_local: int = 512
     dtype: str = "bfloat16"
-    iters: int = 10
-    impls: tuple[str, ...] = ()  # () = ("xla", the library's pick for the device)
-    interpret: bool = False
-    topk_impls: tuple[str, ...] = ()  # () = xla_radix + the Pallas backends compared (--impls)
-    out: str = "results/gpu/bench_kernels.json"
+    iters: int = flag(10, "timed calls per op (median); --small 3, --tiny 2 unless given")
+    impls: tuple[str, ...] = flag(
+        (), "backends to compare (xla first); default: xla and the library's pick for the device"
+    )
+    implementation: str | None = flag(None, "alias: --impls xla IMPL (--impls wins)")
+    interpret: bool = flag(False, "interpret Pallas backends on CPU")
+    topk_impls: tuple[str, ...] = flag(
+        (), "top-k implementations; default: xla_radix + the Pallas backends compared (--impls)"
+    )
+    out: str = flag("results/gpu/bench_kernels.json", "output JSON")
     seed: int = 0
+    small: bool = flag(False, "CPU smoke sizes: N in {8K, 32K}, k=256")
+    tiny: bool = flag(False, "interpreter-sized: N=1024, Hq=8, Hkv=2, d=64, k=64")
+
+    def __post_init__(self) -> None:
+        for name in ("hq", "hkv", "d", "top_k", "iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.ns or min(self.ns) < 1:
+            raise ValueError(f"ns must be >= 1, got {self.ns}")
+        if self.hq % self.hkv:
+            raise ValueError(f"hq ({self.hq}) must be a multiple of hkv ({self.hkv})")
+
+
+#: ``--small`` and ``--tiny`` (applied in that order; flags given on the command line win).
+PRESETS = {
+    "small": dict(ns=(8 * 1024, 32 * 1024), top_k=256, n_sink=16, n_local=64, iters=3),
+    "tiny": dict(ns=(1024,), hq=8, hkv=2, d=64, top_k=64, n_sink=8, n_local=16, iters=2),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ns", type=int, nargs="+", help="cache lengths N")
-    p.add_argument("--small", action="store_true", help="CPU smoke sizes: N in {8K, 32K}, k=256")
-    p.add_argument(
-        "--tiny", action="store_true", help="interpreter-sized: N=1024, Hq=8, Hkv=2, d=64, k=64"
-    )
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument(
-        "--impls", type=str, nargs="+", default=None, help="backends to compare (xla first)"
-    )
-    p.add_argument("--implementation", type=str, default=None, help="alias: --impls xla IMPL")
-    p.add_argument("--interpret", action="store_true", help="interpret Pallas backends on CPU")
-    p.add_argument("--topk-impls", type=str, nargs="+", default=None)
-    p.add_argument("--out", type=str, default=None)
-    a = p.parse_args(argv)
-    cfg = Config()
-    if a.small:
-        cfg = dataclasses.replace(
-            cfg, ns=(8 * 1024, 32 * 1024), top_k=256, n_sink=16, n_local=64, iters=3
-        )
-    if a.tiny:
-        cfg = dataclasses.replace(
-            cfg, ns=(1024,), hq=8, hkv=2, d=64, top_k=64, n_sink=8, n_local=16, iters=2
-        )
-    small = a.small or a.tiny
-    over: dict[str, Any] = {"iters": a.iters if not small else min(a.iters, cfg.iters)}
-    if a.ns:
-        over["ns"] = tuple(a.ns)
-    if a.impls:
-        over["impls"] = tuple(a.impls)
-    elif a.implementation:
-        over["impls"] = tuple(dict.fromkeys(("xla", a.implementation)))
-    over["interpret"] = a.interpret
-    if a.topk_impls:
-        over["topk_impls"] = tuple(a.topk_impls)
-    if a.out:
-        over["out"] = a.out
-    return dataclasses.replace(cfg, **over)
+    return parse_config(Config, argv, description=__doc__, presets=PRESETS)
 
 
 def _row(name: str, n: int, t: Any, **extra: Any) -> dict[str, Any]:
@@ -248,9 +234,11 @@ def _bench_impl(
 
 
 def resolve_impls(cfg: Config) -> tuple[str, ...]:
-    """``cfg.impls``, or ``xla`` plus the library's preferred Pallas backend for this device."""
-    if cfg.impls:
-        return tuple(dict.fromkeys(("xla", *cfg.impls)))  # xla first: the ratios' baseline
+    """``cfg.impls`` (or ``--implementation``), or ``xla`` plus the library's preferred Pallas
+    backend for this device."""
+    impls = cfg.impls or ((cfg.implementation,) if cfg.implementation else ())
+    if impls:
+        return tuple(dict.fromkeys(("xla", *impls)))  # xla first: the ratios' baseline
     here = [m for m in available_implementations() if m not in ("xla", "xla_radix")]
     return ("xla", *here[:1])
 

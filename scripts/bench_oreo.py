@@ -11,6 +11,7 @@ results/oreo/.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -20,13 +21,25 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_oreo import build_config, run
-from train_oreo import parser as train_parser
+from train_oreo import TrainOreoConfig, build_config, run
 
 from jaxsel._bench import format_table, write_json
 from jaxsel.rl.oreo import run_self_consistency
+from jaxsel.utils import flag, parse_config
 
 METHODS = ("sft", "rft", "dpo", "oreo", "oreo_step", "oreo_iter")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOreoConfig(TrainOreoConfig):
+    """``train_oreo.py``'s flags (``--seed`` is replaced by each of ``--seeds``) plus these."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    results: Path = Path("results/oreo")
+    tag: str | None = flag(None, "file name tag (default quick/full)")
+    sc_only: bool = flag(
+        False, "only majority vote vs Soft-SC (SFT -> one OREO round -> K samples), per seed"
+    )
 
 
 def _ms(xs: list[float]) -> str:
@@ -208,8 +221,6 @@ def plot(results: list[dict], path: Path) -> None:
 
 def sc_only(args, tag: str) -> None:
     """Majority vote vs Soft-SC over seeds (:func:`run_self_consistency`), no other phases."""
-    import dataclasses
-
     import jax
     import matplotlib
 
@@ -265,17 +276,7 @@ def sc_only(args, tag: str) -> None:
 
 
 def main() -> None:
-    ap = train_parser()
-    ap.description = __doc__
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--results", type=Path, default=Path("results/oreo"))
-    ap.add_argument("--tag", type=str, default=None, help="file name tag (default quick/full)")
-    ap.add_argument(
-        "--sc-only",
-        action="store_true",
-        help="only majority vote vs Soft-SC (SFT -> one OREO round -> K samples), per seed",
-    )
-    args = ap.parse_args()
+    args = parse_config(BenchOreoConfig, description=__doc__)
     t0 = time.time()
     tag = args.tag or ("quick" if args.quick else "full")
     args.results.mkdir(parents=True, exist_ok=True)
@@ -284,8 +285,7 @@ def main() -> None:
         return
     results = []
     for s in args.seeds:
-        args.seed = s
-        r = run(args)
+        r = run(dataclasses.replace(args, seed=s))
         # JSON keys are strings: normalise now so tables read the same from disk
         r["beam"] = {str(k): v for k, v in r["beam"].items()}
         r["beam_uninformative"] = {str(k): v for k, v in r.get("beam_uninformative", {}).items()}

@@ -15,7 +15,7 @@ and ``streaming`` (sink 128 + local 2560, the same budget). Writes
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from jaxsel._bench import format_table, time_fn, write_json
 from jaxsel.models import DecoderConfig, flops, init_params
 from jaxsel.models import policies as pol
 from jaxsel.models.generate import decode_jit, n_cached_layers, prefill_arguments, prefill_jit
+from jaxsel.utils import flag, parse_config
+from jaxsel.utils.config_cli import comma_list
 
 SMOLLM2 = DecoderConfig(
     vocab_size=49152,
@@ -50,19 +52,53 @@ POLICIES = {
 }
 
 
-def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", choices=("random", "smollm2"), default="random")
-    p.add_argument("--layers", type=int, default=None, help="random model: layers (default 30)")
-    p.add_argument("--lengths", default="4096,8192,16384")
-    p.add_argument("--policies", default="dense,tokenselect,tokenselect_cache")
-    p.add_argument("--new-tokens", type=int, default=16)
-    p.add_argument("--chunk", type=int, default=512)
-    p.add_argument("--out", type=Path, default=Path("results/models/smollm2/bench_real_model.json"))
-    return p.parse_args()
+@dataclasses.dataclass(frozen=True)
+class RealModelConfig:
+    model: str = flag(
+        "random", "random weights or the fetched SmolLM2", choices=("random", "smollm2")
+    )
+    layers: int | None = flag(None, "random model: layers (default 30)")
+    lengths: str = flag("4096,8192,16384", "prompt lengths, comma-separated")
+    policies: str = flag(
+        "dense,tokenselect,tokenselect_cache", f"comma-separated, of {', '.join(POLICIES)}"
+    )
+    new_tokens: int = flag(16, "greedy decode steps per cell")
+    chunk: int = flag(512, "prefill chunk")
+    out: Path = Path("results/models/smollm2/bench_real_model.json")
+
+    def __post_init__(self) -> None:
+        if self.model not in ("random", "smollm2"):
+            raise ValueError(f"model must be 'random' or 'smollm2', got {self.model!r}")
+        if self.layers is not None and self.layers < 1:
+            raise ValueError(f"layers must be >= 1, got {self.layers}")
+        if not self.length_list or min(self.length_list) < 1:
+            raise ValueError(f"lengths must be positive ints, got {self.lengths!r}")
+        if not self.policy_list:
+            raise ValueError("policies must name at least one policy")
+        for name in ("new_tokens", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def length_list(self) -> tuple[int, ...]:
+        return comma_list(self.lengths, "lengths", int)
+
+    @property
+    def policy_list(self) -> tuple[str, ...]:
+        return comma_list(self.policies, "policies", _policy)
 
 
-def load(args: argparse.Namespace):
+def _policy(name: str) -> str:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})")
+    return name
+
+
+def parse() -> RealModelConfig:
+    return parse_config(RealModelConfig, description=__doc__)
+
+
+def load(args: RealModelConfig):
     if args.model == "smollm2":
         from jaxsel.models import load_gguf, model_path
 
@@ -119,8 +155,8 @@ def main() -> None:
     mm_gflop_s = 2 * 2048 * 576 * 1536 / mm.median_s / 1e9
     print(f"f32 matmul [2048,576]x[576,1536]: {mm_gflop_s:.0f} GFLOP/s; {config.num_layers} layers")
     rows = []
-    for length in [int(s) for s in args.lengths.split(",")]:
-        for name in args.policies.split(","):
+    for length in args.length_list:
+        for name in args.policy_list:
             r = run_cell(params, config, POLICIES[name], length, args.new_tokens, args.chunk)
             r = {"policy": name, **r, "prefill_frac_matmul": r["prefill_gflop_s"] / mm_gflop_s}
             rows.append(r)

@@ -14,20 +14,41 @@ SB3's default (256x256 networks, batch 256, learning_starts 100, one gradient st
 sbx trains one seed per process with a Python loop around jitted updates (no seed vmap), so seeds
 run one after another. The final policy is evaluated deterministically on gymnasium's Pendulum-v1
 (the environment jaxsel's port is checked against step by step) for ``--eval-episodes`` episodes.
-This file imports no jaxsel code: the sbx venv does not have it installed.
+The sbx venv does not have jaxsel installed: of this checkout (put on ``sys.path``) the file imports
+only the flag parser, :mod:`jaxsel.utils.config_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import jax
 import numpy as np
 from sbx import SAC
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jaxsel.utils.config_cli import flag, parse_config
+
+
+@dataclasses.dataclass(frozen=True)
+class SbxConfig:
+    out: str = flag(dataclasses.MISSING, "output JSON")
+    steps: int = flag(20_000, "environment steps per seed (> 200: the first 200 are timed apart)")
+    seeds: tuple[int, ...] = (0,)
+    eval_episodes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.steps <= 200:
+            raise ValueError(f"steps must be > 200, got {self.steps}")
+        if self.eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
 
 
 def run(seed: int, steps: int, eval_episodes: int) -> dict:
@@ -61,12 +82,7 @@ def run(seed: int, steps: int, eval_episodes: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=20_000)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--out", type=str, required=True)
-    a = p.parse_args()
+    a = parse_config(SbxConfig, description=__doc__)
     import sbx
 
     runs = [run(s, a.steps, a.eval_episodes) for s in a.seeds]

@@ -19,7 +19,7 @@ are averaged over the next ``--bound-positions`` positions of the text (dense ``
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -35,31 +35,81 @@ from jaxsel.models import policies as pol
 from jaxsel.models.generate import decode_jit, prefill_arguments, prefill_jit
 from jaxsel.models.longcontext import devil_dictionary_tokens
 from jaxsel.models.speculative import speculative_decode_jit
+from jaxsel.utils import flag, parse_config
+from jaxsel.utils.config_cli import comma_list
 
 
-def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--lengths", default="4096,16384")
-    p.add_argument("--schemes", default=",".join(S.SCHEMES))
-    p.add_argument("--drafts", default="1,2,4")
-    p.add_argument("--gammas", default="2,4,8")
-    p.add_argument(
-        "--cells",
-        default="",
-        help="explicit scheme:K:gamma cells instead of the grid, e.g. single:1:4,specinfer:2:4",
+@dataclasses.dataclass(frozen=True)
+class SpeculativeConfig:
+    lengths: str = flag("4096,16384", "context lengths, comma-separated")
+    schemes: str = flag(",".join(S.SCHEMES), "grid: schemes, comma-separated")
+    drafts: str = flag("1,2,4", "grid: K drafts, comma-separated")
+    gammas: str = flag("2,4,8", "grid: gamma draft tokens, comma-separated")
+    cells: str = flag(
+        "", "explicit scheme:K:gamma cells instead of the grid, e.g. single:1:4,specinfer:2:4"
     )
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--draft", choices=("tokenselect", "streaming", "quest"), default="tokenselect")
-    p.add_argument(
-        "--bound-positions",
-        type=int,
-        default=16,
-        help="positions of the text after the prompt over which exact acceptances are averaged",
+    new_tokens: int = 32
+    temperature: float = 1.0
+    draft: str = flag("tokenselect", "draft policy", choices=("tokenselect", "streaming", "quest"))
+    bound_positions: int = flag(
+        16, "positions of the text after the prompt over which exact acceptances are averaged"
     )
-    p.add_argument("--bounds-only", action="store_true", help="only the acceptance table")
-    p.add_argument("--out", type=Path, default=Path("results/speculative"))
-    return p.parse_args()
+    bounds_only: bool = flag(False, "only the acceptance table")
+    out: Path = Path("results/speculative")
+
+    def __post_init__(self) -> None:
+        if self.draft not in ("tokenselect", "streaming", "quest"):
+            raise ValueError(f"draft must be tokenselect, streaming or quest, got {self.draft!r}")
+        if not self.length_list or min(self.length_list) < 1:
+            raise ValueError(f"lengths must be positive ints, got {self.lengths!r}")
+        if not self.cell_list and not self.bounds_only:
+            raise ValueError("the grid (--schemes, --drafts, --gammas) or --cells has no cell")
+        if min((g for *_, g in self.cell_list), default=1) < 1:
+            raise ValueError(f"gammas must be >= 1, got {self.gammas!r} / cells {self.cells!r}")
+        if min((k for _, k, _ in self.cell_list), default=1) < 1:
+            raise ValueError(f"drafts must be >= 1, got {self.drafts!r} / cells {self.cells!r}")
+        if self.new_tokens < 1:
+            raise ValueError(f"new_tokens must be >= 1, got {self.new_tokens}")
+        if self.bound_positions < 0:
+            raise ValueError(f"bound_positions must be >= 0, got {self.bound_positions}")
+
+    @property
+    def length_list(self) -> tuple[int, ...]:
+        return comma_list(self.lengths, "lengths", int)
+
+    @property
+    def gamma_list(self) -> tuple[int, ...]:
+        return comma_list(self.gammas, "gammas", int)
+
+    @property
+    def cell_list(self) -> tuple[tuple[str, int, int], ...]:
+        """``(scheme, K, gamma)``: ``--cells``, else the grid (``single`` only at K = 1)."""
+        if self.cells:
+            return comma_list(self.cells, "cells", _cell)
+        return tuple(
+            (s, k, g)
+            for s in comma_list(self.schemes, "schemes", _scheme)
+            for k in comma_list(self.drafts, "drafts", int)
+            for g in self.gamma_list
+            if not (s == "single" and k > 1)
+        )
+
+
+def _scheme(name: str) -> str:
+    if name not in S.SCHEMES:
+        raise ValueError(f"unknown scheme {name!r} (choose from {', '.join(S.SCHEMES)})")
+    return name
+
+
+def _cell(text: str) -> tuple[str, int, int]:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"cell {text!r} is not scheme:K:gamma")
+    return _scheme(parts[0]), int(parts[1]), int(parts[2])
+
+
+def parse() -> SpeculativeConfig:
+    return parse_config(SpeculativeConfig, description=__doc__)
 
 
 def acceptance_table(params, config, state, text_next, draft, temperature: float) -> dict:
@@ -127,14 +177,11 @@ def main() -> None:
     dense = pol.Dense()
     T, n_new = float(args.temperature), args.new_tokens
     rows, bounds = [], {}
-    for length in [int(s) for s in args.lengths.split(",")]:
+    for length in args.length_list:
         encode = lambda t: tok.encode(t, add_special_tokens=False)
         text = devil_dictionary_tokens(encode, length + args.bound_positions)
         ids, text_next = text[:length], text[length:]
-        gmax = max(
-            [int(g) for g in args.gammas.split(",")]
-            + [int(c.split(":")[2]) for c in args.cells.split(",") if c]
-        )
+        gmax = max((*args.gamma_list, *(g for *_, g in args.cell_list)), default=0)
         _, pargs, static = prefill_arguments(
             [ids], max_new_tokens=n_new, cache_len=length + n_new + gmax + 1, policy=dense
         )
@@ -171,19 +218,7 @@ def main() -> None:
                 "vs_dense": 1.0,
             }
         )
-        cells = [
-            (s, int(k), int(g))
-            for s in args.schemes.split(",")
-            for k in args.drafts.split(",")
-            for g in args.gammas.split(",")
-            if not (s == "single" and int(k) > 1)
-        ]
-        if args.cells:
-            cells = [
-                (c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2]))
-                for c in args.cells.split(",")
-            ]
-        for name, K, g in tqdm(cells, desc=f"{length}"):
+        for name, K, g in tqdm(args.cell_list, desc=f"{length}"):
             kw = dict(
                 config=config,
                 draft_policy=draft,
@@ -225,7 +260,11 @@ def main() -> None:
     write_json(
         args.out / f"{'acceptance' if args.bounds_only else 'bench_speculative'}_"
         f"{args.lengths.replace(',', '_')}.json",
-        {"args": vars(args) | {"out": str(args.out)}, "rows": rows, "acceptance": bounds},
+        {
+            "args": dataclasses.asdict(args) | {"out": str(args.out)},
+            "rows": rows,
+            "acceptance": bounds,
+        },
     )
 
 

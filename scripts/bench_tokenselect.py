@@ -18,7 +18,6 @@ Writes ``results/attention/bench_tokenselect.json`` and ``.png``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import time
@@ -42,7 +41,9 @@ from jaxsel.attention import (
     token_scores,
 )
 from jaxsel.attention.select import select_from_votes
-from jaxsel.utils import add_config_flags, config_from_args, pyplot, save_figure
+from jaxsel.utils import flag, parse_config, pyplot, save_figure
+
+PARTS = ("speed", "quality", "cache")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,13 @@ class Config:
     thresholds: tuple[float, ...] = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
     seed: int = 0
     out: str = "results/attention"
+    quick: bool = flag(False, "small shapes for a smoke run (QUICK; flags given still win)")
+    skip: tuple[str, ...] = flag((), "parts not to run", choices=PARTS)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.skip) - set(PARTS))
+        if unknown:
+            raise ValueError(f"skip: unknown parts {unknown} (choose from {PARTS})")
 
     @property
     def budget(self) -> dict[str, int]:
@@ -354,18 +362,13 @@ def plot(speed, quality, cache, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small shapes for a smoke run")
-    p.add_argument("--skip", choices=["speed", "quality", "cache"], nargs="*", default=[])
-    add_config_flags(p, Config, only_given=True)  # on top of the --quick preset
-    args = p.parse_args(argv)
-    cfg = config_from_args(Config, args, base=QUICK if args.quick else None)
+    cfg = parse_config(Config, argv, description=__doc__, presets={"quick": QUICK})
     out = Path(cfg.out)
     t0 = time.perf_counter()
     print(f"TokenSelect benchmark on {jax.devices()[0].device_kind}, jax {jax.__version__}")
     copy_bw = copy_bandwidth(256 * 2**20)
     print(f"copy bandwidth (read + write): {copy_bw / 1e9:.2f} GB/s")
-    speed = [] if "speed" in args.skip else bench_speed(cfg, copy_bw)
+    speed = [] if "speed" in cfg.skip else bench_speed(cfg, copy_bw)
     if speed:
         print(
             format_table(
@@ -383,15 +386,15 @@ def main(argv=None) -> int:
                 ],
             )
         )
-    quality = [] if "quality" in args.skip else bench_quality(cfg)
+    quality = [] if "quality" in cfg.skip else bench_quality(cfg)
     if quality:
         print(format_table(quality))
-    cache, cache_stats = ([], {}) if "cache" in args.skip else bench_cache(cfg)
+    cache, cache_stats = ([], {}) if "cache" in cfg.skip else bench_cache(cfg)
     if cache:
         print(cache_stats)
         print(format_table(cache))
     copy_bw_end = copy_bandwidth(256 * 2**20)
-    name = "bench_tokenselect_quick" if args.quick else "bench_tokenselect"
+    name = "bench_tokenselect_quick" if cfg.quick else "bench_tokenselect"
     write_json(
         out / f"{name}.json",
         {

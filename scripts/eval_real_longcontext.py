@@ -24,7 +24,7 @@ finished cells (``--no-resume`` starts over). ``--plot-only`` redraws the PNG fr
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -45,6 +45,8 @@ from jaxsel.models.generate import (
     prefill_resume_jit,
     sequence_nll,
 )
+from jaxsel.utils import flag, parse_config
+from jaxsel.utils.config_cli import comma_list
 
 POLICIES = {
     "dense": pol.Dense(),
@@ -55,18 +57,63 @@ POLICIES = {
 }
 
 
-def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--lengths", default="2048,4096,8192,12288,16384,32768")
-    p.add_argument("--policies", default=",".join(POLICIES))
-    p.add_argument("--trials", type=int, default=20, help="passkey trials per cell")
-    p.add_argument("--trials-at", default="32768=10", help="per-length overrides, e.g. 32768=10")
-    p.add_argument("--new-tokens", type=int, default=8)
-    p.add_argument("--ppl-lengths", default="", help="perplexity window lengths ('' = none)")
-    p.add_argument("--out", type=Path, default=Path("results/models/smollm2"))
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--plot-only", action="store_true")
-    return p.parse_args()
+@dataclasses.dataclass(frozen=True)
+class RealLongContextConfig:
+    lengths: str = flag("2048,4096,8192,12288,16384,32768", "passkey lengths, comma-separated")
+    policies: str = flag(",".join(POLICIES), f"comma-separated, of {', '.join(POLICIES)}")
+    trials: int = flag(20, "passkey trials per cell")
+    trials_at: str = flag("32768=10", "per-length overrides, e.g. 32768=10")
+    new_tokens: int = 8
+    ppl_lengths: str = flag("", "perplexity window lengths ('' = none)")
+    out: Path = Path("results/models/smollm2")
+    resume: bool = flag(True, "skip the finished cells of <out>/eval_longcontext.json")
+    plot_only: bool = flag(False, "redraw the PNG from the JSON")
+
+    def __post_init__(self) -> None:
+        if min(self.length_list + self.ppl_length_list, default=1) < 1:
+            raise ValueError(
+                f"lengths must be positive, got {self.lengths!r} / {self.ppl_lengths!r}"
+            )
+        if not self.policy_list:
+            raise ValueError("policies must name at least one policy")
+        if self.trials < 1 or min(self.trials_by_length.values(), default=1) < 1:
+            raise ValueError(f"trials must be >= 1, got {self.trials} / {self.trials_at!r}")
+        if self.new_tokens < 1:
+            raise ValueError(f"new_tokens must be >= 1, got {self.new_tokens}")
+
+    @property
+    def length_list(self) -> tuple[int, ...]:
+        return comma_list(self.lengths, "lengths", int)
+
+    @property
+    def ppl_length_list(self) -> tuple[int, ...]:
+        return comma_list(self.ppl_lengths, "ppl_lengths", int)
+
+    @property
+    def policy_list(self) -> tuple[str, ...]:
+        return comma_list(self.policies, "policies", _policy)
+
+    @property
+    def trials_by_length(self) -> dict[int, int]:
+        """``--trials-at`` as ``{length: trials}``."""
+        return dict(comma_list(self.trials_at, "trials_at", _length_trials))
+
+
+def _policy(name: str) -> str:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})")
+    return name
+
+
+def _length_trials(text: str) -> tuple[int, int]:
+    length, sep, trials = text.partition("=")
+    if not sep:
+        raise ValueError(f"{text!r} is not LENGTH=TRIALS")
+    return int(length), int(trials)
+
+
+def parse() -> RealLongContextConfig:
+    return parse_config(RealLongContextConfig, description=__doc__)
 
 
 def _prefill(params, config, ids, policy, new_tokens: int, prefix=None):
@@ -196,7 +243,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "eval_longcontext.json"
     data = {"passkey": {}, "perplexity": {}}
-    if path.exists() and not args.no_resume:
+    if path.exists() and args.resume:
         data = json.loads(path.read_text())
     if args.plot_only:
         plot(data, args.out / "eval_longcontext.png")
@@ -204,12 +251,11 @@ def main() -> None:
     m = load_gguf(model_path("smollm2"))
     params, config = m.params_tree(), m.config
     tok = Tokenizer.from_gguf(model_path("smollm2"))
-    overrides = dict(kv.split("=") for kv in args.trials_at.split(",") if kv)
     data["environment"] = environment_info()
     save = lambda: path.write_text(json.dumps(data, indent=1) + "\n")
-    for length in [int(s) for s in args.lengths.split(",") if s]:
-        trials = int(overrides.get(str(length), args.trials))
-        for name in args.policies.split(","):
+    for length in args.length_list:
+        trials = args.trials_by_length.get(length, args.trials)
+        for name in args.policy_list:
             cell = f"{name}@{length}"
             old = data["passkey"].get(cell, {})
             if old.get("n", 0) >= trials:
@@ -238,8 +284,8 @@ def main() -> None:
             )
     if args.ppl_lengths:
         tokens = lc.devil_dictionary_tokens(lambda t: tok.encode(t, add_special_tokens=False))
-        for length in [int(s) for s in args.ppl_lengths.split(",")]:
-            for name in args.policies.split(","):
+        for length in args.ppl_length_list:
+            for name in args.policy_list:
                 cell = f"{name}@{length}"
                 if cell in data["perplexity"]:
                     continue

@@ -11,9 +11,9 @@ in step after an edit in Jupyter). The notebooks run as written, ``QUICK = True`
 ``tests/test_notebooks.py`` executes them the same way.
 """
 
-from __future__ import annotations
-
-import argparse
+# No ``from __future__ import annotations``: tests/test_notebooks.py loads this file without
+# registering it in sys.modules, and dataclasses cannot resolve string annotations then.
+import dataclasses
 import os
 import sys
 import tempfile
@@ -26,6 +26,8 @@ from ipykernel.kernelspec import write_kernel_spec
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+
+from jaxsel.utils import flag, parse_config
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "python3"
@@ -83,12 +85,23 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, *, timeout: float = 900) -> fl
         return time.perf_counter() - t0
 
 
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    names: tuple[str, ...] = flag((), "notebook names (default: all)", positional=True)
+    timeout: float = flag(900.0, "seconds per cell")
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
+        try:
+            notebook_scripts(list(self.names))
+        except ValueError as e:
+            raise ValueError(f"names: {e}") from None
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("names", nargs="*", help="notebook names (default: all)")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per cell")
-    args = p.parse_args()
-    for script in notebook_scripts(args.names):
+    args = parse_config(RunConfig, description=__doc__)
+    for script in notebook_scripts(list(args.names)):
         nb = read_script(script)
         seconds = execute(nb, script.parent, timeout=args.timeout)
         out = script.with_suffix(".ipynb")

@@ -34,7 +34,6 @@ the heartbeat timeout instead of hanging.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -44,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxsel.utils import distributed
+from jaxsel.utils import distributed, flag, parse_config
 
 # tests/utils/test_distributed.py regenerates the decode data from the same constants.
 DECODE_SEED = 0
@@ -64,27 +63,34 @@ def decode_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, k, v
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter
+@dataclasses.dataclass(frozen=True)
+class ScaleoutConfig:
+    task: str = flag(dataclasses.MISSING, "what to run", choices=("decode", "sac"))
+    out: str = flag(dataclasses.MISSING, "JSON written by process 0")
+    vote_pool: int = flag(1, "decode: TokenSelect vote_pool")
+    distributed: bool = flag(
+        False, "join a multi-process job even without JAXSEL_* variables (cluster auto-detection)"
     )
-    p.add_argument("--task", choices=("decode", "sac"), required=True)
-    p.add_argument("--out", required=True, help="JSON written by process 0")
-    p.add_argument("--vote-pool", type=int, default=1, help="decode: TokenSelect vote_pool")
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="join a multi-process job even without JAXSEL_* variables (cluster auto-detection)",
+    die_at_step: int = flag(
+        0, "process 1 exits with code 3 right before its K-th multi-process call (tests)"
     )
-    p.add_argument(
-        "--die-at-step",
-        type=int,
-        default=0,
-        help="process 1 exits with code 3 right before its K-th multi-process call (tests)",
-    )
-    p.add_argument("--heartbeat-timeout", type=int, default=10, help="seconds (see initialize)")
-    p.add_argument("--init-timeout", type=int, default=60, help="seconds (see initialize)")
-    return p.parse_args(argv)
+    heartbeat_timeout: int = flag(10, "seconds (see initialize)")
+    init_timeout: int = flag(60, "seconds (see initialize)")
+
+    def __post_init__(self) -> None:
+        if self.task not in ("decode", "sac"):
+            raise ValueError(f"task must be 'decode' or 'sac', got {self.task!r}")
+        if self.vote_pool < 1:
+            raise ValueError(f"vote_pool must be >= 1, got {self.vote_pool}")
+        if self.die_at_step < 0:
+            raise ValueError(f"die_at_step must be >= 0, got {self.die_at_step}")
+        for name in ("heartbeat_timeout", "init_timeout"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (seconds), got {getattr(self, name)}")
+
+
+def parse_args(argv: list[str] | None = None) -> ScaleoutConfig:
+    return parse_config(ScaleoutConfig, argv, description=__doc__)
 
 
 class Steps:
@@ -129,7 +135,7 @@ def _replicated_value(x: Any) -> np.ndarray:
     return np.asarray(x.addressable_data(0))
 
 
-def run_decode(args: argparse.Namespace, steps: Steps) -> dict[str, Any]:
+def run_decode(args: ScaleoutConfig, steps: Steps) -> dict[str, Any]:
     import jax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -191,27 +197,14 @@ def sac_setup() -> tuple[Any, Any, np.ndarray, Any]:
 
     from jaxsel.rl import envs, sac
 
-    tiny = sac.SACConfig(
-        total_timesteps=48,
-        num_envs=2,
-        learning_starts=16,
-        utd_ratio=0.5,
-        batch_size=8,
-        buffer_size=64,
-        hidden_sizes=(8,),
-        num_evals=2,
-        eval_episodes=2,
-        actor_lr=1e-3,
-        critic_lr=1e-3,
-        alpha_lr=1e-3,
-    )
+    tiny = sac.SACConfig.tiny()  # the test's config (tests/rl/test_sac_train.py)
     trainer = sac.make_train(tiny, envs.Pendulum(), envs.PendulumParams(max_steps_in_episode=10))
     keys = np.stack([np.asarray(jax.random.PRNGKey(i)) for i in range(SAC_SEEDS)])
     hps = jax.tree.map(lambda x: np.stack([np.asarray(x)] * SAC_SEEDS), trainer.default_hparams())
     return tiny, trainer, keys, hps
 
 
-def run_sac(args: argparse.Namespace, steps: Steps) -> dict[str, Any]:
+def run_sac(args: ScaleoutConfig, steps: Steps) -> dict[str, Any]:
     import jax
     from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding

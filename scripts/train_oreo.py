@@ -10,7 +10,6 @@ phase, and because every phase draws its own key the result equals an uninterrup
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from jaxsel.rl.oreo import OreoConfig, run_pipeline
-from jaxsel.utils import restore_or_make
+from jaxsel.utils import flag, parse_config, restore_or_make
 
 PHASES = ("sft", "rft", "dpo", "oreo", "oreo_step")
 
@@ -34,12 +33,62 @@ def orbax_checkpointer(root: Path | None):
     return lambda name, make: jax.tree.map(jnp.asarray, restore_or_make(root / name, make))
 
 
-def build_config(args: argparse.Namespace) -> OreoConfig:
-    over = {
-        k: v
-        for k, v in vars(args).items()
-        if k in OreoConfig.__dataclass_fields__ and v is not None
-    }
+@dataclasses.dataclass(frozen=True)
+class _TrainOreoFlags:
+    seed: int = 0
+    quick: bool = flag(False, "tiny sizes, ~1 minute (OreoConfig.quick)")
+    # (noqa: flag() returns a dataclasses.field, ruff cannot tell for a Path annotation)
+    ckpt_dir: Path | None = flag(None, "orbax checkpoints + resume")  # noqa: RUF009
+    out: Path | None = flag(None, "write the result JSON here")  # noqa: RUF009
+    beams: tuple[int, ...] = (1, 3, 5, 7)
+    sc_k: int = 8
+    n_steps: int | None = flag(None, "task chain length")
+    modulus: int | None = flag(None, "task modulus (<= 23)")
+    fast_compile: bool = flag(
+        False,
+        "skip XLA's expensive passes: faster compiles, slower steps (times in "
+        "results/oreo/README.md); --quick has it on",
+    )
+    value_from_joint: bool = flag(
+        False,
+        "start the critic-only value fit from the jointly trained OREO value instead of the "
+        "final policy's trunk",
+    )
+
+
+#: Every int / float field of :class:`OreoConfig` is a flag too; ``None`` keeps the value of the
+#: configuration chosen (``--quick`` or the full one).
+OREO_FLAGS = tuple(f.name for f in dataclasses.fields(OreoConfig) if f.type in ("int", "float"))
+
+
+def _validate(self: Any) -> None:
+    if self.sc_k < 1:
+        raise ValueError(f"sc_k must be >= 1, got {self.sc_k}")
+    if not self.beams or min(self.beams) < 1:
+        raise ValueError(f"beams must be >= 1, got {self.beams}")
+    build_config(self)  # OreoConfig's ValueError names the field
+
+
+TrainOreoConfig = dataclasses.make_dataclass(
+    "TrainOreoConfig",
+    [
+        (f.name, (int if f.type == "int" else float) | None, flag(None, f"OreoConfig.{f.name}"))
+        for f in dataclasses.fields(OreoConfig)
+        if f.name in OREO_FLAGS
+    ],
+    bases=(_TrainOreoFlags,),
+    frozen=True,
+    namespace={"__post_init__": _validate, "__module__": __name__},
+)
+
+
+def build_config(args: Any) -> OreoConfig:
+    """The :class:`OreoConfig` of parsed flags (a :data:`TrainOreoConfig`)."""
+    over: dict[str, Any] = {k: getattr(args, k) for k in OREO_FLAGS if getattr(args, k) is not None}
+    if args.fast_compile:
+        over["fast_compile"] = True
+    if args.value_from_joint:
+        over["value_from_policy"] = False
     cfg = OreoConfig.quick(**over) if args.quick else OreoConfig(**over)
     task = {k: getattr(args, k) for k in ("n_steps", "modulus") if getattr(args, k) is not None}
     if task:
@@ -47,43 +96,7 @@ def build_config(args: argparse.Namespace) -> OreoConfig:
     return cfg
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, ~1 minute")
-    ap.add_argument("--ckpt-dir", type=Path, default=None, help="orbax checkpoints + resume")
-    ap.add_argument("--out", type=Path, default=None, help="write the result JSON here")
-    ap.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5, 7])
-    ap.add_argument("--sc-k", type=int, default=8)
-    ap.add_argument("--n-steps", type=int, default=None, help="task chain length")
-    ap.add_argument("--modulus", type=int, default=None, help="task modulus (<= 23)")
-    ap.add_argument(
-        "--fast-compile",
-        action="store_true",
-        default=None,
-        help="skip XLA's expensive passes: faster compiles, slower steps (times in "
-        "results/oreo/README.md)",
-    )
-    ap.add_argument(
-        "--value-from-joint",
-        dest="value_from_policy",
-        action="store_false",
-        default=None,
-        help="start the critic-only value fit from the jointly trained OREO value instead of "
-        "the final policy's trunk",
-    )
-    for f in dataclasses.fields(OreoConfig):
-        if f.type in ("int", "float"):
-            ap.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                type=int if f.type == "int" else float,
-                default=None,
-            )
-    return ap
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Any) -> dict[str, Any]:
     cfg = build_config(args)
     root = None if args.ckpt_dir is None else args.ckpt_dir / f"seed{args.seed}"
     steps = [
@@ -122,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = parser().parse_args()
+    args = parse_config(TrainOreoConfig, description=__doc__)
     res = run(args)
     print(
         json.dumps(

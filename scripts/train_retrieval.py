@@ -10,7 +10,7 @@ parameters plus ``train_config.json``.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,17 +19,30 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxsel.models import retrieval as rt
-from jaxsel.utils import add_config_flags, config_from_args, restore_tree, save_tree
+from jaxsel.utils import flag, parse_config, restore_tree, save_tree
 
 
-def parse() -> tuple[rt.TrainConfig, argparse.Namespace]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_config_flags(p, rt.TrainConfig)
-    p.add_argument("--out", type=Path, default=rt.ASSET_DIR)
-    p.add_argument("--segment", type=int, default=100, help="steps per jitted scan/checkpoint")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/train_state")
-    args = p.parse_args()
-    return config_from_args(rt.TrainConfig, args), args
+@dataclasses.dataclass(frozen=True)
+class RetrievalRunConfig(rt.TrainConfig):
+    """:class:`rt.TrainConfig` (every field a flag) plus where and how the run is saved."""
+
+    out: Path = rt.ASSET_DIR  # model folder: params, train_config.json, train_state
+    segment: int = flag(100, "steps per jitted scan/checkpoint")
+    resume: bool = flag(False, "continue from <out>/train_state")
+
+    def __post_init__(self) -> None:
+        if self.segment < 1:
+            raise ValueError(f"segment must be >= 1, got {self.segment}")
+
+    def train_config(self) -> rt.TrainConfig:
+        """The :class:`rt.TrainConfig` part (what is trained and saved)."""
+        fields = dataclasses.fields(rt.TrainConfig)
+        return rt.TrainConfig(**{f.name: getattr(self, f.name) for f in fields})
+
+
+def parse() -> tuple[rt.TrainConfig, RetrievalRunConfig]:
+    args = parse_config(RetrievalRunConfig, description=__doc__)
+    return args.train_config(), args
 
 
 def main() -> None:

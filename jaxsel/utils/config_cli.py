@@ -15,7 +15,13 @@ from the annotation: ``bool`` (``--flag`` sets True; a True default also gets ``
     cfg = parse_config(Config, description=__doc__)
 
 The config's own ``__post_init__`` validates the values; a ``ValueError`` it raises is reported as an
-argparse error naming the flag's field.
+argparse error naming the flag's field. A flag that keeps a comma-separated string (``--lengths
+2048,4096``) is a ``str`` field read with :func:`comma_list` there.
+
+``flag(..., positional=True)`` makes a field a positional argument instead (a tuple field takes
+any number of values, ``nargs="*"``, when it has a default). ``parse_config(..., presets=...)``
+turns bool fields into presets: ``--quick`` replaces the defaults with the preset's values, and the
+flags given on the command line still win over them.
 """
 
 from __future__ import annotations
@@ -24,26 +30,49 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 _SCALARS = (bool, int, float, str, Path)
 
 
-def flag(default: Any, help: str | None = None, *, choices: Sequence[Any] | None = None) -> Any:
+def flag(
+    default: Any,
+    help: str | None = None,
+    *,
+    choices: Sequence[Any] | None = None,
+    positional: bool = False,
+) -> Any:
     """A dataclass field with ``default`` whose ``--flag`` gets ``help`` text and ``choices``.
 
     Choices are only offered on the command line; validate them in the config's ``__post_init__``.
+    ``default=dataclasses.MISSING`` makes the flag required. ``positional=True`` makes the field a
+    positional argument (optional when it has a default: ``nargs="?"``, or ``"*"`` for a tuple).
     """
     metadata: dict[str, Any] = {}
     if help is not None:
         metadata["help"] = help
     if choices is not None:
         metadata["choices"] = tuple(choices)
+    if positional:
+        metadata["positional"] = True
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def comma_list(text: str, field: str, item: Callable[[str], T] = str) -> tuple[T, ...]:  # type: ignore[assignment]
+    """The items of a comma-separated flag value, each read by ``item`` (empty items are skipped).
+
+    For flags that keep a string such as ``--lengths 2048,4096``: call it in the config's
+    ``__post_init__``, so a bad value is an argparse error; the ``ValueError`` names ``field``.
+    """
+    try:
+        return tuple(item(s.strip()) for s in text.split(",") if s.strip())
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{field}: bad item in {text!r}: {e}") from None
 
 
 def _flag(name: str) -> str:
@@ -85,7 +114,10 @@ def add_config_flags(
             kw["default"] = default
         if "choices" in f.metadata:
             kw["choices"] = list(f.metadata["choices"])
+        positional = f.metadata.get("positional", False)
         if tp is bool:
+            if positional:
+                raise TypeError(f"field {f.name!r}: a bool cannot be a positional argument")
             kw.pop("choices", None)
             kw["action"] = argparse.BooleanOptionalAction if default is True else "store_true"
         elif typing.get_origin(tp) is tuple:
@@ -97,7 +129,13 @@ def add_config_flags(
             kw["type"] = tp
         else:
             raise TypeError(f"field {f.name!r}: unsupported type {tp} for a command-line flag")
-        parser.add_argument(_flag(f.name), **kw)
+        if positional:
+            if default is not dataclasses.MISSING:
+                kw["nargs"] = "*" if kw.get("nargs") == "+" else "?"
+            kw.pop("required", None)  # argparse: required-ness of a positional comes from nargs
+            parser.add_argument(f.name, **kw)
+        else:
+            parser.add_argument(_flag(f.name), **kw)
 
 
 def config_from_args(
@@ -125,19 +163,37 @@ def parse_config(
     *,
     description: str | None = None,
     parser: argparse.ArgumentParser | None = None,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> C:
     """Parses ``argv`` (default: ``sys.argv[1:]``) into a ``config_cls`` instance.
 
     Pass ``parser`` to add flags of your own first; they are parsed and then ignored here (use
     :func:`add_config_flags` and :func:`config_from_args` to get them back).
+
+    ``presets`` maps the name of a bool field (say ``quick``) to field values: when ``--quick`` is
+    given, those values replace the defaults (a later preset over an earlier one), and the flags
+    given on the command line still win over them. The bool field itself records the choice.
     """
+    presets = presets or {}
+    hints = typing.get_type_hints(config_cls) if presets else {}
+    names = {f.name for f in dataclasses.fields(config_cls) if f.init}  # type: ignore[arg-type]
+    for name, values in presets.items():
+        if name not in names or hints[name] is not bool:
+            raise TypeError(f"preset {name!r} must name a bool field of {config_cls.__name__}")
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TypeError(f"preset {name!r}: no field {unknown} in {config_cls.__name__}")
     p = parser or argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_config_flags(p, config_cls)
+    add_config_flags(p, config_cls, only_given=bool(presets))
     args = p.parse_args(argv)
+    base: dict[str, Any] = {}
+    for name, values in presets.items():
+        if getattr(args, name, False):
+            base.update(values)
     try:
-        return config_from_args(config_cls, args)
+        return config_from_args(config_cls, args, base=base)
     except ValueError as e:
         p.error(str(e))
         raise  # unreachable: p.error exits

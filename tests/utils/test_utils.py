@@ -142,3 +142,62 @@ def test_only_given_flags_override_a_preset():
     assert config_from_args(Cfg, p.parse_args([]), base=preset) == Cfg(steps=3, name="b")
     got = config_from_args(Cfg, p.parse_args(["--steps", "7", "--quick"]), base=preset)
     assert got == Cfg(steps=7, name="b", quick=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class PosCfg:
+    names: tuple[str, ...] = dataclasses.field(default=(), metadata={"positional": True})
+    timeout: float = 900.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReqCfg:
+    task: str = dataclasses.field(default=dataclasses.MISSING, metadata={"choices": ("a", "b")})
+    target: str = dataclasses.field(default=dataclasses.MISSING, metadata={"positional": True})
+    n: int = 1
+
+
+def test_parse_config_positional_and_required_fields(capsys):
+    from jaxsel.utils.config_cli import flag
+
+    assert parse_config(PosCfg, []) == PosCfg()
+    assert parse_config(PosCfg, ["x", "y", "--timeout", "5"]) == PosCfg(("x", "y"), 5.0)
+    assert parse_config(ReqCfg, ["t", "--task", "b"]) == ReqCfg("b", "t")
+    for argv in (["t"], ["--task", "a"], ["t", "--task", "c"]):
+        with pytest.raises(SystemExit):
+            parse_config(ReqCfg, argv)
+    assert "required" in capsys.readouterr().err
+    assert flag("x", "h", positional=True).metadata == {"help": "h", "positional": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class PresetCfg:
+    steps: int = 100
+    lr: float = 0.1
+    small: bool = False
+    tiny: bool = False
+
+
+def test_parse_config_presets_replace_defaults_and_given_flags_win():
+    presets = {"small": {"steps": 10, "lr": 0.5}, "tiny": {"steps": 2}}
+    assert parse_config(PresetCfg, [], presets=presets) == PresetCfg()
+    got = parse_config(PresetCfg, ["--small"], presets=presets)
+    assert got == PresetCfg(steps=10, lr=0.5, small=True)
+    got = parse_config(PresetCfg, ["--tiny", "--small"], presets=presets)  # declaration order
+    assert got == PresetCfg(steps=2, lr=0.5, small=True, tiny=True)
+    got = parse_config(PresetCfg, ["--small", "--steps", "7"], presets=presets)
+    assert got == PresetCfg(steps=7, lr=0.5, small=True)
+    with pytest.raises(TypeError, match="bool field"):
+        parse_config(PresetCfg, [], presets={"steps": {}})
+    with pytest.raises(TypeError, match="no field"):
+        parse_config(PresetCfg, [], presets={"small": {"nope": 1}})
+
+
+def test_config_comma_list_reads_items_and_names_the_field():
+    from jaxsel.utils.config_cli import comma_list
+
+    assert comma_list("2048, 4096,", "lengths", int) == (2048, 4096)
+    assert comma_list("", "lengths", int) == ()
+    assert comma_list("a,b", "names") == ("a", "b")
+    with pytest.raises(ValueError, match="lengths: bad item in '2048,x'"):
+        comma_list("2048,x", "lengths", int)
