@@ -42,7 +42,9 @@ from jaxsel.attention.select import (
 )
 from jaxsel.attention.sequence import (
     combine_partials,
+    sequence_rope_causal_attention,
     sequence_rope_dense_attention,
+    sequence_rope_prefill_attention,
     sequence_rope_sparse_attention,
     sequence_select,
     sequence_sparse_attention,
@@ -90,7 +92,9 @@ __all__ = [
     "select_from_votes",
     "select_tokens",
     "sequence",
+    "sequence_rope_causal_attention",
     "sequence_rope_dense_attention",
+    "sequence_rope_prefill_attention",
     "sequence_rope_sparse_attention",
     "sequence_select",
     "sequence_sparse_attention",

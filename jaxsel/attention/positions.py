@@ -313,7 +313,8 @@ def rope_causal_attention(
     _checks.check_positive_int(block_kv, "block_kv")
     c, hq, d = q_chunk.shape
     n, hkv, _ = k.shape
-    if c > n:
+    static_offset = isinstance(k_offset, int | np.integer)
+    if c > n and static_offset and int(k_offset) == 0:  # (a shard may hold fewer than C keys)
         raise ValueError(f"q_chunk has C={c} queries, more than the cache holds (N={n})")
     g = hq // hkv
     bk = min(block_kv, n)
@@ -355,7 +356,6 @@ def rope_causal_attention(
     )
     # A static start gives a static trip count: fori_loop lowers to a scan, which reverse-mode
     # differentiation supports (a traced one lowers to a while loop, which it does not).
-    static_offset = isinstance(k_offset, int | np.integer)
     if static_offset and int(k_offset) == 0:
         n_blocks = (start + c + bk - 1) // bk
     else:  # the blocks of this shard that hold live tokens (a traced trip count)

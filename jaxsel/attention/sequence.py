@@ -13,8 +13,9 @@ TokenSelect (Wu et al., arXiv:2411.02886) then needs three small collectives:
    ``vote[j] = sum_h exp(s_h[j] - m_h) / Z_h``, the single-device vote.
 2. **Exact global top-k.** Each shard ranks its candidates (optionally max-pooled over
    ``vote_pool`` neighbours, with a halo from the adjacent shards by ``ppermute``) and proposes
-   its local top ``k' = min(top_k, n)`` with global indices; one all-gather of ``[P, k']`` values
-   and indices, and the top-k of those ``P k'`` proposals is the global top-k: every token of the
+   its local top ``k' = min(top_k, n)`` with global indices; one all-gather of ``[P, 2, k']``
+   (values, and indices bit-cast to float32), and the top-k of those ``P k'`` proposals is the
+   global top-k: every token of the
    global top-k is in its own shard's top-k' (a shard contributes at most ``top_k``), and ties go
    to the lower global index because the proposals are laid out shard by shard, each in the order
    ``lax.top_k`` returns (value, then ascending index).
@@ -24,11 +25,14 @@ TokenSelect (Wu et al., arXiv:2411.02886) then needs three small collectives:
    ``o = sum_i exp(m_i - m) o_i / sum_i exp(m_i - m) l_i``.
 
 Every shard computes the merged results from the same gathered numbers in the same order, so the
-replicated outputs agree bit for bit across shards. Against one device: the maximum is exact, and
-``Z`` differs only by the order of a float32 sum (a few units in the last place, the same factor
-for all of a head's tokens), so the selected indices are the single-device ones unless the k-th and
-(k+1)-th votes lie within that rounding; tokens with equal votes (equal keys) tie identically.
-The attention output agrees to float32 tolerance (the combine reorders a sum).
+replicated outputs agree bit for bit across shards. Against one device (finite keys): the scores
+agree up to the rounding of the dot products (XLA may block a shard's ``[n]`` product differently
+from the whole ``[N]`` one), the maximum is then exact, and ``Z`` differs by the order of a
+float32 sum (a few units in the last place, the same factor for all of a head's tokens), so the
+selected indices are the single-device ones unless the k-th and (k+1)-th votes lie within that
+rounding; tokens with equal votes (equal keys) tie identically. The attention output agrees to
+float32 tolerance (the combine reorders a sum). A NaN key inside ``kv_len`` poisons every
+normaliser, on one device as here, and the two answers then differ (both meaningless).
 
 Bytes each shard receives per decode step and layer (float32 / int32 payloads):
 ``(P - 1) (2 Hq 4 + k' 8 + Hq (d + 2) 4)``, plus ``(vote_pool - 1) 4`` of halo with pooling
@@ -148,10 +152,13 @@ def _pool_with_halo(x: jax.Array, vote_pool: int, axis_name: str, p: int) -> jax
 
 
 def merge_top_k(values: jax.Array, indices: jax.Array, top_k: int, axis_name: str) -> jax.Array:
-    """The global top-k indices (ascending) from each shard's proposals ``values, indices [k']``
-    (``lax.top_k`` order, global indices): one all-gather of ``[P, k']`` values and indices."""
-    all_v = lax.all_gather(values, axis_name).reshape(-1)
-    all_i = lax.all_gather(indices, axis_name).reshape(-1)
+    """The global top-k indices (ascending) from each shard's proposals ``values [k']`` (f32) and
+    ``indices [k']`` (int32, global), in ``lax.top_k`` order: ONE all-gather of ``[P, 2, k']``
+    (the indices travel bit-cast to float32, so values and indices share a collective)."""
+    packed = jnp.stack([values, lax.bitcast_convert_type(indices.astype(jnp.int32), jnp.float32)])
+    both = lax.all_gather(packed, axis_name)  # [P, 2, k']
+    all_v = both[:, 0].reshape(-1)
+    all_i = lax.bitcast_convert_type(both[:, 1], jnp.int32).reshape(-1)
     _, pos = lax.top_k(all_v, top_k)
     return jnp.sort(all_i[pos])
 
@@ -428,7 +435,7 @@ def collective_bytes(
     collective: the log-sum-exp gather, the top-k merge, the attention combine and the halo."""
     p, kp = n_shards, min(top_k, n_local_tokens)
     out = {
-        "logsumexp": (p - 1) * 2 * num_heads * 4,
+        "logsumexp": (p - 1) * 2 * num_heads * 4 if top_k else 0,
         "topk_merge": (p - 1) * kp * 8 if top_k else 0,
         "combine": (p - 1) * num_heads * (head_dim + 2) * 4,
         "halo": ((vote_pool - 1) // 2 + vote_pool // 2) * 4 if p > 1 and top_k else 0,

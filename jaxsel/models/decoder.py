@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsel.attention import apply_rope
-from jaxsel.attention.sequence import shard_offset
+from jaxsel.attention.sequence import axis_size, shard_offset
 from jaxsel.models import policies as pol
 from jaxsel.models.config import DecoderConfig
 
@@ -219,6 +219,8 @@ def forward_chunk(
     n_layers, n_cache = cache_k.shape[0], cache_k.shape[1]
     if n_layers != config.num_layers:
         raise ValueError(f"cache has {n_layers} layers, config has {config.num_layers}")
+    if seq_axis is not None:  # this shard's slots of a cache sharded along the sequence
+        n_cache *= axis_size(seq_axis)
     if tokens.shape[0] > n_cache:
         raise ValueError(
             f"chunk of {tokens.shape[0]} tokens does not fit the cache of length {n_cache}"

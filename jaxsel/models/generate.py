@@ -247,28 +247,37 @@ def prefill_jit(
         )
     # The last prompt token is fed by the first decode step, so the prefill's real rows end
     # before it.
-    seq_axis = sharded_sequence_axis(cache_sharding, config, cache_len)
+    kw = dict(n_tokens=n_prefill, chunk=chunk, policy=policy)
+    cache = _sharded_prefill(params, config, tokens, lengths - 1, cache, None, cache_sharding, kw)
+    return _first_decode_state(cache, tokens, lengths, policy, config)
 
-    def run(p, t, lens, c):
-        kw = dict(n_tokens=n_prefill, chunk=chunk, policy=policy, seq_axis=seq_axis)
-        return prefill(p, config, t, lens, c, **kw)
 
-    if seq_axis is not None:  # each device keeps and fills its own slots
+def _sharded_prefill(params, config, tokens, lengths, cache, first_chunk, cache_sharding, kw):
+    """:func:`prefill`; under ``shard_map`` when ``cache_sharding`` splits the sequence, so each
+    device keeps and fills its own slots (GSPMD would gather the cache)."""
+    seq_axis = sharded_sequence_axis(cache_sharding, config, cache.k.shape[2])
+
+    def run(p, t, lens, c, first):
+        return prefill(p, config, t, lens, c, first_chunk=first, seq_axis=seq_axis, **kw)
+
+    if seq_axis is not None:
         rep, spec = jax.sharding.PartitionSpec(), cache_sharding.spec
         run = jax.shard_map(
             run,
             mesh=cache_sharding.mesh,
-            in_specs=(rep, rep, rep, KVCache(spec, spec, rep)),
+            in_specs=(rep, rep, rep, KVCache(spec, spec, rep), rep),
             out_specs=KVCache(spec, spec, rep),
-            check_vma=False,
+            check_vma=False,  # the replicated outputs are computed identically on every shard
         )
-    cache = run(params, tokens, lengths - 1, cache)
-    return _first_decode_state(cache, tokens, lengths, policy, config)
+    return run(params, tokens, lengths, cache, first_chunk)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("config", "policy", "chunk", "n_prefill", "cache_len", "cache_dtype")
-)
+    jax.jit,
+    static_argnames=(
+        "config", "policy", "chunk", "n_prefill", "cache_len", "cache_dtype", "cache_sharding",
+    ),
+)  # fmt: skip
 def prefill_resume_jit(
     params: Params,
     prefix: DecodeState,
@@ -282,6 +291,7 @@ def prefill_resume_jit(
     chunk: int,
     n_prefill: int,
     cache_dtype: Any = None,
+    cache_sharding: Any = None,
 ) -> DecodeState:
     """:func:`prefill_jit` of ``tokens`` reusing the cache of ``prefix``, a state prefilled (with
     the same policy, chunk and cache length) from prompts that agree with ``tokens`` on their first
@@ -290,7 +300,8 @@ def prefill_resume_jit(
     For many prompts that share a long prefix (the filler of a passkey test), prefill the prefix
     once and resume per prompt; the result equals a full prefill. ``prefix`` is not modified.
     ``cache_len`` and ``cache_dtype`` are accepted so the static arguments of
-    :func:`prefill_arguments` pass through; they must match the prefix's cache.
+    :func:`prefill_arguments` pass through; they must match the prefix's cache, as
+    ``cache_sharding`` must match the prefix's sharding.
     """
     if prefix.k.shape[2] != cache_len:
         raise ValueError(
@@ -298,17 +309,9 @@ def prefill_resume_jit(
             "the prefix with the same prefill_arguments"
         )
     cache = KVCache(prefix.k, prefix.v, prefix.pos)
-    cache = prefill(
-        params,
-        config,
-        tokens,
-        lengths - 1,
-        cache,
-        n_tokens=n_prefill,
-        chunk=chunk,
-        policy=policy,
-        first_chunk=first_chunk,
-    )
+    kw = dict(n_tokens=n_prefill, chunk=chunk, policy=policy)
+    first = jnp.asarray(first_chunk, jnp.int32)
+    cache = _sharded_prefill(params, config, tokens, lengths - 1, cache, first, cache_sharding, kw)
     return _first_decode_state(cache, tokens, lengths, policy, config)
 
 
@@ -654,6 +657,7 @@ def stream_generate(
             n_steps=1,
             temperature=float(temperature),
             top_p=float(top_p),
+            cache_sharding=options.get("cache_sharding"),
         )
         tok = int(tok[0, 0])
         if t == 0:

@@ -240,7 +240,7 @@ def _select(policy, sq, cache_k, kv_len, state, *, chunk_len=None, seq_axis=None
     """Indices over the first ``kv_len`` cached tokens for the scoring query ``sq``.
 
     ``sq`` is ``[Hq, d]`` (decode) or ``[C, Hq, d]`` (a prefill chunk: its mean query selects).
-    ``seq_axis``: the cache is this shard's part of a sequence-sharded cache (decode only).
+    ``seq_axis``: the cache is this shard's part of a sequence-sharded cache.
     """
     if isinstance(policy, Streaming):
         q1 = sq if sq.ndim == 2 else sq[0]

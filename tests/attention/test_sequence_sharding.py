@@ -4,6 +4,8 @@ the attention output to a float32 rounding bound derived from the data."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,11 +18,20 @@ from jaxsel.attention import (
     SelectionCacheState,
     cached_select,
     middle_candidates,
+    prefill_select,
+    rope_causal_attention,
+    rope_prefill_attention,
+    rope_sparse_attention,
     select_tokens,
+    sequence_rope_causal_attention,
+    sequence_rope_dense_attention,
+    sequence_rope_prefill_attention,
+    sequence_rope_sparse_attention,
     sequence_select,
     sequence_sparse_attention,
     sparse_attention,
 )
+from jaxsel.attention.sequence import collective_bytes
 
 HQ, HKV, N, D = 8, 2, 512, 16
 BUDGET = dict(n_sink=4, n_local=8)
@@ -219,3 +230,103 @@ def test_bad_input_raises_clear_errors(cpu_devices):
                 q, k, 500, top_k=8, seq_axis="seq", implementation="pallas", **BUDGET
             )[0]
         )
+
+
+# --------------------------------------------------- the RoPE variants the decoder runs, directly
+ROPE = dict(theta=10000.0, scaling=None)
+
+
+def _shard_rows(devices, n_shards, fn, n_sharded):
+    """``fn`` under shard_map whose outputs come back one row per shard (``P("seq")``), so a
+    disagreement between shards is visible instead of hidden behind ``out_specs=P()``."""
+    mesh = Mesh(np.array(devices[:n_shards]), ("seq",))
+    specs = (P("seq"),) * n_sharded
+    return jax.jit(
+        jax.shard_map(
+            lambda *a: jax.tree.map(lambda x: x[None], fn(*a)),
+            mesh=mesh,
+            in_specs=(P(),) + specs + (P(),) * 3,
+            out_specs=P("seq"),
+            check_vma=False,
+        )
+    )
+
+
+def _assert_rows_agree_and_match(rows, want, atol):
+    rows = [np.asarray(r) for r in jax.tree.leaves(rows)]
+    for r, w in zip(rows, jax.tree.leaves(want), strict=True):
+        assert np.all(r == r[:1]), "the shards disagree on a replicated output"
+        np.testing.assert_allclose(r[0], np.asarray(w), rtol=0, atol=atol)
+
+
+# Outputs are softmax-weighted means of at most N standard-normal value rows (|v| < 5), summed in
+# another order: |difference| <= 2 N u max|v| ~ 3e-4 for N = 512, u = 2^-24, far below any bug.
+ATOL = 2 * N * 2.0**-24 * 5
+
+
+@pytest.mark.parametrize("position_mode", ["compact", "original"])
+def test_rope_sparse_and_dense_decode_attention_match_one_device(cpu_devices, position_mode):
+    q, k, v = _data(5)
+    kv_len = 450
+    idx, valid = select_tokens(q, k, kv_len, top_k=40, **BUDGET)
+
+    def step(q, k, v, idx, valid, n):
+        sparse = sequence_rope_sparse_attention(
+            q, k, v, idx, valid, n, axis_name="seq", position_mode=position_mode, **ROPE
+        )
+        return sparse, sequence_rope_dense_attention(q, k, v, n, axis_name="seq", **ROPE)
+
+    rows = _shard_rows(cpu_devices, 8, step, 2)(q, k, v, idx, valid, jnp.int32(kv_len))
+    qd = q[None]
+    dense = jax.jit(lambda q, k, v: rope_causal_attention(q, k, v, kv_len - 1, **ROPE)[0])(qd, k, v)
+    want = (
+        rope_sparse_attention(q, k, v, idx, valid, kv_len, position_mode=position_mode, **ROPE),
+        dense,
+    )
+    _assert_rows_agree_and_match(rows, want, ATOL)
+
+
+@pytest.mark.parametrize("chunk_len", [None, 7])
+def test_rope_prefill_and_causal_chunk_attention_match_one_device(cpu_devices, chunk_len):
+    """A 12-token chunk at 250..261 straddles shards 3 and 4 (64 tokens each of 8); the chunk's
+    own keys count once (on shard 0), the selected past wherever it lives."""
+    _, k, v = _data(6)
+    start, c = 250, 12
+    rng = np.random.default_rng(7)
+    qc = rng.normal(size=(c, HQ, D)).astype(np.float32)
+    idx, valid = prefill_select(qc, k, start, top_k=40, chunk_len=chunk_len, **BUDGET)
+    kc, vc = k[start : start + c], v[start : start + c]
+
+    def step(qc, k, v, idx, valid, s):
+        pre = sequence_rope_prefill_attention(
+            qc, kc, vc, k, v, idx, valid, s, axis_name="seq", chunk_len=chunk_len, **ROPE
+        )
+        return pre, sequence_rope_causal_attention(qc, k, v, s, axis_name="seq", **ROPE)
+
+    mesh_fn = _shard_rows(cpu_devices, 8, step, 2)
+    rows = mesh_fn(qc, k, v, idx, valid, jnp.int32(start))
+    want = (
+        rope_prefill_attention(qc, kc, vc, k, v, idx, valid, start, chunk_len=chunk_len, **ROPE),
+        rope_causal_attention(qc, k, v, start, **ROPE),
+    )
+    _assert_rows_agree_and_match(rows, want, ATOL)
+
+
+def test_three_all_gathers_carry_the_bytes_collective_bytes_counts(cpu_devices):
+    """The compiled decode step (selection + attention) holds exactly three all-gathers (the
+    log-sum-exp, the packed top-k proposals, the combine) whose per-shard receive volume is
+    collective_bytes'."""
+    q, k, v = _data()
+    p, top_k = 4, 40
+    text = _sharded_step(cpu_devices, p, top_k=top_k).lower(q, k, v, jnp.int32(500))
+    hlo = text.compile().as_text()
+    found = re.findall(
+        r"= (\w+)\[([\d,]*)\][^=\n]*? (all-gather|all-reduce|collective-permute)\(", hlo
+    )
+    assert [kind for *_, kind in found] == ["all-gather"] * 3, found
+    width = {"f32": 4, "s32": 4}
+    result = sum(width[t] * int(np.prod([int(x) for x in dims.split(",")])) for t, dims, _ in found)
+    want = collective_bytes(
+        n_shards=p, num_heads=HQ, head_dim=D, top_k=top_k, n_local_tokens=N // p
+    )
+    assert result * (p - 1) // p == want["total"]

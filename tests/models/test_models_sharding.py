@@ -19,7 +19,9 @@ from jaxsel.models.generate import (
     prefill,
     prefill_arguments,
     prefill_jit,
+    prefill_resume_jit,
     start_generation,
+    stream_generate,
 )
 
 CFG = DecoderConfig(
@@ -100,8 +102,8 @@ def seq_params():
     ids=["dense-2", "tokenselect-2", "selection-cache-8", "original-pool3-4"],
 )
 def test_sequence_sharded_decode_matches_one_device(cpu_devices, seq_params, policy, n_shards):
-    """Prefill under GSPMD with the cache split along the sequence, then the shard_map decode
-    loop: the same tokens (greedy) and Selection Cache hits as one device."""
+    """Prefill and decode under shard_map with the cache split along the sequence: the same
+    tokens (greedy) and Selection Cache hits as one device."""
     kw = dict(policy=policy, return_hit_rate=True, **SEQ_KW)
     single = generate(seq_params, CFG, SEQ_PROMPTS, **kw)
     sharding = _seq_sharding(cpu_devices, n_shards)
@@ -157,9 +159,50 @@ def test_sequence_sharded_prefill_fills_each_shard_without_gathering_the_cache(
     assert sharded.k.sharding.is_equivalent_to(sharding, sharded.k.ndim)
     np.testing.assert_allclose(np.asarray(sharded.k), np.asarray(single.k), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(sharded.v), np.asarray(single.v), rtol=1e-5, atol=1e-5)
-    # A gathered cache would show its length (72) or a shard's (18) among a collective's dims;
-    # what is gathered is [Hq]-sized statistics, top-k proposals and [C, Hq, d + 2] partials.
-    hlo = lowered.compile().as_text()
-    shapes = re.findall(r"= \w+\[([\d,]*)\][^=\n]*? all-gather\(", hlo)
+    assert not _gathers_the_cache(lowered.compile().as_text(), SEQ_KW["cache_len"], 4)
+
+
+def _gathers_the_cache(hlo, cache_len, n_shards):
+    """Whether a collective of the compiled program carries the cache: its length or a shard's
+    among the result dims (what is gathered by design is [Hq]-sized statistics, top-k proposals
+    and [C, Hq, d + 2] partials)."""
+    shapes = re.findall(
+        r"= \(?\w+\[([\d,]*)\][^=\n]*? (?:all-gather|all-reduce|collective-permute|all-to-all)", hlo
+    )
+    assert shapes, "no collective found: the regex or the program changed"
     dims = [{int(x) for x in shape.split(",") if x} for shape in shapes]
-    assert dims and not any({72, 18} & d for d in dims), shapes
+    return any({cache_len, cache_len // n_shards} & d for d in dims)
+
+
+@pytest.mark.parametrize("policy", ["dense", TS])
+def test_prefill_chunks_larger_than_a_shard(cpu_devices, seq_params, policy):
+    """32-token prefill chunks over 8 shards of 9 slots: each chunk spans several shards."""
+    kw = dict(SEQ_KW, prefill_chunk=32, policy=policy)
+    single = generate(seq_params, CFG, SEQ_PROMPTS, **kw)
+    got = generate(seq_params, CFG, SEQ_PROMPTS, cache_sharding=_seq_sharding(cpu_devices, 8), **kw)
+    np.testing.assert_array_equal(got, single)
+
+
+def test_resumed_prefill_and_streaming_keep_the_cache_split(cpu_devices, seq_params):
+    """prefill_resume_jit on a sequence-sharded prefix equals the full sharded prefill and never
+    gathers the cache; stream_generate decodes with the sharded loop."""
+    sharding = _seq_sharding(cpu_devices, 4)
+    kw = dict(max_new_tokens=4, cache_len=48, prefill_chunk=8, policy=TS)
+    base = np.arange(3, 44) % 53  # 41 tokens + 4 new fit 48
+    other = base.copy()
+    other[29:] = (other[29:] * 7 + 1) % 53  # differs from token 29 on: chunk 3 of 8 tokens
+    _, args_b, static = prefill_arguments([base], **kw)
+    _, args_o, _ = prefill_arguments([other], **kw)
+    prefix = prefill_jit(seq_params, *args_b, config=CFG, cache_sharding=sharding, **static)
+    full = prefill_jit(seq_params, *args_o, config=CFG, cache_sharding=sharding, **static)
+    resume = dict(config=CFG, cache_sharding=sharding, **static)
+    first = jax.numpy.int32(29 // 8)
+    resumed = prefill_resume_jit(seq_params, prefix, *args_o, first, **resume)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed.k.sharding.is_equivalent_to(sharding, resumed.k.ndim)
+    hlo = prefill_resume_jit.lower(seq_params, prefix, *args_o, first, **resume).compile()
+    assert not _gathers_the_cache(hlo.as_text(), 48, 4)
+    streamed = list(stream_generate(seq_params, CFG, other, cache_sharding=sharding, **kw))
+    want = generate(seq_params, CFG, [other], **kw)[0]
+    np.testing.assert_array_equal(streamed, want)
