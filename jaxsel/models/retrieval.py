@@ -71,6 +71,24 @@ class TrainConfig:
     num_kv_heads: int = 2
     rope_theta: float = 500.0
 
+    def __post_init__(self) -> None:
+        for name in ("train_len", "n_pairs", "batch_size", "steps", "hidden_size",
+                     "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {name}={value!r}")
+        if self.n_pairs > N_KEYS:
+            raise ValueError(
+                f"TrainConfig.n_pairs={self.n_pairs} exceeds the {N_KEYS} distinct keys"
+            )
+        for name in ("lr", "weight_decay", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a number >= 0, got {name}={value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"TrainConfig.warmup must be an int >= 0, got warmup={self.warmup!r}")
+        self.model_config()  # the decoder's own checks (head split, GQA)
+
     def model_config(self) -> DecoderConfig:
         return DecoderConfig(
             vocab_size=VOCAB,

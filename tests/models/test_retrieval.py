@@ -109,3 +109,16 @@ def test_toy_demo_quick_writes_table_and_png(tmp_path, capsys):
     payload = json.loads((tmp_path / "demo.json").read_text())
     assert {r["policy"] for r in payload["rows"]} == {"dense", "tokenselect_compact"}
     assert (tmp_path / "demo.png").stat().st_size > 1000
+
+
+def test_train_config_rejects_bad_values_naming_the_field():
+    from jaxsel.models.retrieval import TrainConfig
+
+    with pytest.raises(ValueError, match=r"TrainConfig\.steps must be a positive int"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="n_pairs=17 exceeds the 16 distinct keys"):
+        TrainConfig(n_pairs=17)
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr must be a number >= 0"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="num_heads=4 must be a multiple of num_kv_heads=3"):
+        TrainConfig(num_kv_heads=3)
