@@ -19,7 +19,7 @@ For each P and each scaling mode, strong (fixed total N) and weak (fixed N per d
 
 The device count must be set before jax initialises, so this process runs one subprocess per P
 (``XLA_FLAGS=--xla_force_host_platform_device_count=P``, ``JAX_PLATFORMS=cpu``, the same script
-with ``--worker P``), each printing one JSON line.
+with its spec in ``$JAXSEL_SCALEOUT_WORKER``), each printing one JSON line.
 
 CAVEAT: on virtual CPU devices the collectives are memory copies inside one process and all P
 shards share the machine's cores, so the wall times do NOT show real scaling; the byte counts are
