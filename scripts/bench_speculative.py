@@ -151,6 +151,11 @@ def acceptance_table(params, config, state, text_next, draft, temperature: float
                 a, b, num_drafts=2, support_size=S.IMPORTANCE_SUPPORT
             )
         )(p, q),
+        "importance opt. weights K=2": jax.vmap(
+            lambda a, b: S.optimize_importance_weights(
+                a, b, num_drafts=2, support_size=S.IMPORTANCE_SUPPORT
+            )[1]
+        )(p, q),
         "optimal K=2 (Khisti et al.)": jax.vmap(S.optimal_acceptance_two_drafts)(p, q),
         "specinfer K=4": jax.vmap(
             lambda a, b: S.recursive_rejection_acceptance(a, b, num_drafts=4)

@@ -16,13 +16,15 @@ drafts exactly, and ``*_acceptance`` the scheme's acceptance probability.
 - :func:`two_step_select` -- the canonical two-step scheme of Khisti et al. (ICLR 2025,
   arXiv:2410.18234) for K = 2 with a selection table; the LP table reaches the optimum.
 - :func:`importance_select` -- (weighted) importance selection then a speculative step, any K;
-  weights ``p/q`` by default.
+  weights ``p/q`` by default; :func:`optimize_importance_weights` ascends the exact acceptance
+  over the weights, :func:`optimized_importance_select` uses them.
 - :func:`optimal_acceptance_two_drafts`, :func:`acceptance_one_two_drafts`,
   :func:`acceptance_upper_bound` -- the paper's closed form and acceptance-one condition.
 - :func:`optimal_acceptance_lp`, :func:`optimal_two_step_table_lp` -- the optimal scheme as a linear
   program (NumPy/SciPy reference for small V; SciPy is imported on call).
 - :func:`exact_law`, :func:`draft_tuples` -- exact output laws by enumerating draft tuples.
-- ``SCHEMES`` -- the schemes by name (``single``, ``specinfer``, ``spectr``, ``importance``) with
+- ``SCHEMES`` -- the schemes by name (``single``, ``specinfer``, ``spectr``, ``importance``,
+  ``importance_opt``) with
   the common signature ``scheme(key, p [V], q [V], draft_tokens [k]) -> (token, accepted)``.
 
 All ``*_select`` functions are pure, jit- and vmap-compatible, with static shapes; batch with
@@ -41,6 +43,8 @@ from jaxsel.speculative.importance import (
     importance_select,
     importance_weights,
     intermediate_law,
+    optimize_importance_weights,
+    optimized_importance_select,
     pair_intermediate_law,
     two_step_acceptance,
     two_step_law,
@@ -81,6 +85,8 @@ __all__ = [
     "optimal_acceptance_lp",
     "optimal_acceptance_two_drafts",
     "optimal_two_step_table_lp",
+    "optimize_importance_weights",
+    "optimized_importance_select",
     "pair_intermediate_law",
     "recursive_rejection_acceptance",
     "recursive_rejection_law",

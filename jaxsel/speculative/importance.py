@@ -19,7 +19,9 @@ The output is distributed as ``p`` for *any* selection rule ``beta``, and the ac
   reaches the LP optimum (Theorem 1 of the paper), here for small ``V``.
 - :func:`importance_select` (any K): weighted importance sampling, ``beta_i = w_i(x_i) / sum_j
   w_j(x_j)``. The default weights ``w_i(y) = p(y) / q_i(y)`` are classical importance resampling;
-  other non-negative weights give the weighted-IS family that the paper's analysis motivates.
+  other non-negative weights give the weighted-IS family that the paper's analysis motivates;
+  :func:`optimize_importance_weights` picks them by ascending the exact acceptance (our
+  optimiser), and :func:`optimized_importance_select` uses them.
   ``p_I`` is computed exactly by enumerating the ``C^K`` draft categories; with ``support_size=m``
   the categories are the ``m`` most likely draft tokens plus one category for the rest (whose
   tokens share one weight per draft), so ``p_I`` stays exact for any vocabulary at ``(m+1)^K``
@@ -217,6 +219,97 @@ def importance_acceptance(
     p, q = as_draft_rows(target_probs, draft_probs, num_drafts)
     _, p_i = _importance_parts(p, q, weights, None, support_size)
     return jnp.sum(jnp.minimum(p, p_i))
+
+
+def optimize_importance_weights(
+    target_probs: ArrayLike,
+    draft_probs: ArrayLike,
+    *,
+    num_drafts: int,
+    support_size: int | None = None,
+    steps: int = 100,
+    learning_rate: float = 0.2,
+) -> tuple[Array, Array]:
+    """Weighted-IS weights chosen to maximise the exact acceptance of :func:`importance_select`.
+
+    Every non-negative weight vector gives an exact scheme (the speculative step corrects any
+    intermediate law), so the weights are free parameters of the acceptance
+    ``A(w) = sum_y min(p(y), p_I(y; w))``. Starting from the importance weights ``p / q``, Adam
+    ascends ``A`` in ``log w`` (weights matter only through their ratios) for ``steps`` steps, and
+    the best weights seen are returned, so ``A`` never drops below importance selection's. This is
+    our optimiser of the weighted-IS family that Khisti et al. (arXiv:2410.18234) motivate, not the
+    paper's own procedure; the LP optimum (:func:`jaxsel.speculative.optimal_acceptance_lp`) bounds
+    it from above.
+
+    Args:
+      target_probs: ``p [V]``.
+      draft_probs: ``q [V]`` (i.i.d. drafts: one shared weight vector) or ``[K, V]`` (one per draft).
+      num_drafts: K (static).
+      support_size: as :func:`importance_select` (the exact ``p_I`` costs ``(m + 1)^K``).
+      steps, learning_rate: Adam on ``log w`` (static steps).
+
+    Returns:
+      ``(weights, acceptance)``: weights shaped like ``draft_probs`` and their exact acceptance.
+    """
+    import optax  # core dependency; imported here to keep this module light
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps=}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate=}")
+    p, q = as_draft_rows(target_probs, draft_probs, num_drafts)
+    shared = jnp.ndim(draft_probs) == 1
+    w0 = importance_weights(p, q[:1] if shared else q)
+    theta0 = jnp.log(jnp.maximum(w0, jnp.finfo(w0.dtype).tiny))
+
+    def weights(theta: Array) -> Array:
+        w = jnp.exp(theta - jnp.max(theta))
+        return w[0] if shared else w
+
+    def acceptance(theta: Array) -> Array:
+        return importance_acceptance(
+            p, q, num_drafts=num_drafts, weights=weights(theta), support_size=support_size
+        )
+
+    opt = optax.adam(learning_rate)
+    grad = jax.value_and_grad(acceptance)
+
+    def step(carry, _):
+        theta, state, best, best_acc = carry
+        acc, g = grad(theta)
+        better = acc > best_acc
+        best, best_acc = jnp.where(better, theta, best), jnp.where(better, acc, best_acc)
+        updates, state = opt.update(jax.tree.map(jnp.negative, g), state, theta)
+        return (optax.apply_updates(theta, updates), state, best, best_acc), None
+
+    init = (theta0, opt.init(theta0), theta0, -jnp.inf)
+    (theta, _, best, best_acc), _ = jax.lax.scan(step, init, None, length=steps)
+    last = acceptance(theta)  # the final iterate was not scored inside the loop
+    best = jnp.where(last > best_acc, theta, best)
+    return weights(best), jnp.maximum(last, best_acc)
+
+
+def optimized_importance_select(
+    key: Array,
+    target_probs: ArrayLike,
+    draft_probs: ArrayLike,
+    draft_tokens: ArrayLike,
+    *,
+    support_size: int | None = None,
+    steps: int = 100,
+    learning_rate: float = 0.2,
+) -> tuple[Array, Array]:
+    """:func:`importance_select` with the weights of :func:`optimize_importance_weights` for this
+    ``(p, q)`` (computed per call, before looking at the drafts, so the output is still exactly
+    ``p``). Arguments as those two functions."""
+    k = jnp.shape(draft_tokens)[0]
+    w, _ = optimize_importance_weights(
+        target_probs, draft_probs, num_drafts=k, support_size=support_size, steps=steps,
+        learning_rate=learning_rate,
+    )  # fmt: skip
+    return importance_select(
+        key, target_probs, draft_probs, draft_tokens, weights=w, support_size=support_size
+    )
 
 
 def _check_table(selection_table: ArrayLike, v: int) -> Array:

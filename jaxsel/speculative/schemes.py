@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from jax import Array
 
-from jaxsel.speculative.importance import importance_select
+from jaxsel.speculative.importance import importance_select, optimized_importance_select
 from jaxsel.speculative.single import speculative_select
 from jaxsel.speculative.specinfer import recursive_rejection_select
 from jaxsel.speculative.spectr import k_sequential_select
@@ -28,4 +28,7 @@ SCHEMES: dict[str, Scheme] = {
     "specinfer": recursive_rejection_select,
     "spectr": k_sequential_select,
     "importance": functools.partial(importance_select, support_size=IMPORTANCE_SUPPORT),
+    "importance_opt": functools.partial(
+        optimized_importance_select, support_size=IMPORTANCE_SUPPORT
+    ),
 }
