@@ -236,7 +236,8 @@ def optimize_importance_weights(
     intermediate law), so the weights are free parameters of the acceptance
     ``A(w) = sum_y min(p(y), p_I(y; w))``. Starting from the importance weights ``p / q``, Adam
     ascends ``A`` in ``log w`` (weights matter only through their ratios) for ``steps`` steps, and
-    the best weights seen are returned, so ``A`` never drops below importance selection's. This is
+    the best weights seen (or ``p / q`` itself, if none beat it) are returned, so ``A`` never drops
+    below importance selection's. This is
     our optimiser of the weighted-IS family that Khisti et al. (arXiv:2410.18234) motivate, not the
     paper's own procedure; the LP optimum (:func:`jaxsel.speculative.optimal_acceptance_lp`) bounds
     it from above.
@@ -263,7 +264,9 @@ def optimize_importance_weights(
     theta0 = jnp.log(jnp.maximum(w0, jnp.finfo(w0.dtype).tiny))
 
     def weights(theta: Array) -> Array:
-        w = jnp.exp(theta - jnp.max(theta))
+        # Only ratios matter: shift so the largest weight is e^80, which keeps ratios up to ~1e72
+        # representable in float32 (p / q of real models spans dozens of orders of magnitude).
+        w = jnp.exp(theta - (jnp.max(theta) - 80.0))
         return w[0] if shared else w
 
     def acceptance(theta: Array) -> Array:
@@ -286,7 +289,15 @@ def optimize_importance_weights(
     (theta, _, best, best_acc), _ = jax.lax.scan(step, init, None, length=steps)
     last = acceptance(theta)  # the final iterate was not scored inside the loop
     best = jnp.where(last > best_acc, theta, best)
-    return weights(best), jnp.maximum(last, best_acc)
+    best_acc = jnp.maximum(last, best_acc)
+    # The importance weights themselves, unshifted, as the floor (the shift can underflow the
+    # smallest of extreme ratios).
+    plain = w0[0] if shared else w0
+    base = importance_acceptance(
+        p, q, num_drafts=num_drafts, weights=plain, support_size=support_size
+    )
+    keep = base >= best_acc
+    return jnp.where(keep, plain, weights(best)), jnp.where(keep, base, best_acc)
 
 
 def optimized_importance_select(
