@@ -264,9 +264,9 @@ def optimize_importance_weights(
     theta0 = jnp.log(jnp.maximum(w0, jnp.finfo(w0.dtype).tiny))
 
     def weights(theta: Array) -> Array:
-        # Only ratios matter: shift so the largest weight is e^80, which keeps ratios up to ~1e72
-        # representable in float32 (p / q of real models spans dozens of orders of magnitude).
-        w = jnp.exp(theta - (jnp.max(theta) - 80.0))
+        # Only ratios matter: the largest weight is 1 and ratios are kept down to e^-80 (p / q of
+        # real models spans dozens of orders of magnitude; smaller ones would underflow to 0).
+        w = jnp.exp(jnp.maximum(theta - jnp.max(theta), -80.0))
         return w[0] if shared else w
 
     def acceptance(theta: Array) -> Array:
@@ -290,8 +290,7 @@ def optimize_importance_weights(
     last = acceptance(theta)  # the final iterate was not scored inside the loop
     best = jnp.where(last > best_acc, theta, best)
     best_acc = jnp.maximum(last, best_acc)
-    # The importance weights themselves, unshifted, as the floor (the shift can underflow the
-    # smallest of extreme ratios).
+    # The importance weights themselves, unclipped, as the floor (the clip changes extreme ratios).
     plain = w0[0] if shared else w0
     base = importance_acceptance(
         p, q, num_drafts=num_drafts, weights=plain, support_size=support_size
