@@ -237,6 +237,14 @@ def worker(p: int, cfg: Config, peer_ns: list[int]) -> dict[str, Any]:
     )
     ts_sharded = smap(ts_step, out_specs=(PS(), PS(), PS()))
     dense_sharded = smap(dense_step, out_specs=PS())
+    # Attention alone over a given selection (P = 1 only): splits the TokenSelect step's time.
+    attn_sharded = jax.shard_map(
+        functools.partial(sequence_sparse_attention, axis_name="seq"),
+        mesh=mesh,
+        in_specs=(PS(), PS("seq"), PS("seq"), PS(), PS()),
+        out_specs=PS(),
+        check_vma=False,
+    )
 
     def peers_at(n: int, args1) -> tuple[dict[str, Any], dict[str, Any]]:
         log(f"N={n}: single-device peers")
@@ -284,6 +292,9 @@ def worker(p: int, cfg: Config, peer_ns: list[int]) -> dict[str, Any]:
             peer, firsts = peers_at(n, args1)
             out["peers"].append(peer)
             (ref_o, ref_idx, ref_val), ref_dn = firsts["ts_single"], firsts["rope_dense_single"]
+            log(f"N={n}: attention alone over the selection, single-device and P = 1 sharded")
+            peer["attn_single"] = measure(sparse_attention, *args1[:3], ref_idx, ref_val)[0]
+            peer["attn_sharded_p1"] = measure(attn_sharded, *argsp[:3], idx_ts, val_ts)[0]
         else:
             ref_o, ref_idx, ref_val = jax.jit(ts_single)(*args1)
             ref_dn = jax.jit(rope_dense_single)(*args1)
@@ -417,6 +428,10 @@ def peer_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "dense_single ms": x["dense_single"]["median_ms"],
             "rope_dense_single ms": x["rope_dense_single"]["median_ms"],
             "compile_s ts_single": x["ts_single"]["compile_s"],
+            "attn_single ms": x["attn_single"]["median_ms"] if "attn_single" in x else None,
+            "attn_sharded P=1 ms": x["attn_sharded_p1"]["median_ms"]
+            if "attn_sharded_p1" in x
+            else None,
         }
         for x in sorted((x for r in results for x in r["peers"]), key=lambda x: x["N_total"])
     ]
@@ -527,8 +542,9 @@ TokenSelect time / single-device `select_tokens` + `sparse_attention` at the sam
 `dense/1dev rope` = sharded dense / single-device RoPE on every key + `dense_attention` (the
 like-for-like peer); `dense/1dev` = sharded dense / plain `dense_attention` (no RoPE);
 `load` = the machine's 1-minute load average at the start and end of that P's worker (the machine
-is shared with other work; times from a worker whose load went well above the
-{m["cpu_count"]} cores are unreliable; the single-device peers ran in the P = 1 worker).
+is shared with other work, and the count includes this benchmark's own threads; times from a
+worker whose load went well above the {m["cpu_count"]} cores are less reliable; the single-device
+peers ran in the P = 1 worker).
 
 Bytes (per decode step and layer): `HLO recv` = bytes ONE shard receives, derived from the
 collective instructions of the compiled HLO under the convention of
@@ -539,7 +555,9 @@ the summed result size of the all-gathers as printed in the HLO (every shard end
 to compare with `P*payload`, P times the per-shard payload `2 Hq 4 + k' 8 + Hq (d+2) 4`
 (k' = min(top_k, N/dev)).
 
-Single-device peers (P = 1 worker, plain `jax.jit`, no mesh):
+Single-device peers (P = 1 worker, plain `jax.jit`, no mesh; `attn_*` = attention alone over the
+step's selection: single-device `sparse_attention`, and `sequence_sparse_attention` under
+`shard_map` with P = 1):
 
 {markdown_table(prows)}
 
@@ -603,6 +621,20 @@ def observations(results: list[dict[str, Any]]) -> str:
         notes.append(
             "WARNING: the workers imported different versions of jaxsel/attention/sequence.py "
             f"(sha256 prefixes per P: {digests}); the run mixes implementations, rerun it."
+        )
+    att = [x for r in results for x in r["peers"] if "attn_single" in x]
+    if att:
+        notes.append(
+            "Attention alone over the same selection (P = 1 worker): single-device "
+            "`sparse_attention` vs `sequence_sparse_attention` under `shard_map` with P = 1: "
+            + "; ".join(
+                f"N={x['N_total']}: {x['attn_single']['median_ms']:.3g} vs "
+                f"{x['attn_sharded_p1']['median_ms']:.3g} ms"
+                for x in sorted(att, key=lambda x: x["N_total"])
+            )
+            + ". Where these differ, that part of `ts/1dev` comes from two different attention "
+            "implementations (`sparse_attention` vs the sharded `partial_attention` + combine), "
+            "not from sharding."
         )
     same = [r["P"] for r in results if len({x["N_total"] for x in r["rows"]}) < len(r["rows"])]
     if same:
