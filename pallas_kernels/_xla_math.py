@@ -244,7 +244,15 @@ def gathered_attention(
     ``result_type(q, v)``.
     """
     valid = valid.astype(bool)
-    s = head_scores(q, k[indices], gqa_mapping) * scale
+    # The gathered rows are laid out KV head first, [Hkv, B, d], before the products: a gather
+    # fused into a dot operand with the head axis in the middle ran ~10x slower on XLA:CPU
+    # (18 ms vs 2 ms for B = 2688, Hq = 32, Hkv = 8, d = 128).
+    kg = jnp.swapaxes(k[indices], 0, 1)
+    qg = group_queries(q.astype(k.dtype), k.shape[1], gqa_mapping)  # [Hkv, G, d]
+    s = jnp.einsum("kgd,kmd->kgm", qg, kg, preferred_element_type=jnp.float32)
+    s = ungroup_heads(s, gqa_mapping) * scale  # [Hq, B]
     p = probs(s, jnp.broadcast_to(valid[None, :], s.shape))
-    vv = jnp.where(valid[:, None, None], v[indices], jnp.zeros((), v.dtype))
-    return head_values(p, vv, gqa_mapping).astype(jnp.result_type(q.dtype, v.dtype))
+    vg = jnp.swapaxes(jnp.where(valid[:, None, None], v[indices], jnp.zeros((), v.dtype)), 0, 1)
+    pg = group_queries(p.astype(v.dtype), v.shape[1], gqa_mapping)  # [Hkv, G, B]
+    o = jnp.einsum("kgm,kmd->kgd", pg, vg, preferred_element_type=jnp.float32)
+    return ungroup_heads(o, gqa_mapping).astype(jnp.result_type(q.dtype, v.dtype))
