@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsel.attention import _checks, sequence
+from jaxsel.attention import _checks
+from jaxsel.attention import _sequence_select as sequence
 from jaxsel.attention.select import select_tokens
 
 

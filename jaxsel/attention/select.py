@@ -33,7 +33,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsel.attention import _checks, sequence
+from jaxsel.attention import _checks
+from jaxsel.attention import _sequence_select as sequence
 from pallas_kernels import _xla_math
 from pallas_kernels.token_select.api import token_select
 from pallas_kernels.token_select.reference import token_select_reference
