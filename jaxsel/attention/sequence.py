@@ -191,17 +191,13 @@ def sequence_rope_dense_attention(
     gqa_mapping: str = "group",
 ) -> jax.Array:
     """Dense decode attention of the query at position ``kv_len - 1`` over all ``kv_len`` cached
-    (unrotated) keys, sharded along the sequence: each shard attends over its valid tokens at
-    their original positions, then :func:`combine_partials`."""
-    n, _ = _check_sharded(q, k, axis_name)
-    _checks.check_kv(k, v)
-    pos = shard_offset(n, axis_name) + jnp.arange(n, dtype=jnp.int32)
-    kv_len = jnp.asarray(kv_len, jnp.int32)
-    kr = apply_rope(k, pos, theta=theta, scaling=scaling)
-    qr = apply_rope(q, kv_len - 1, theta=theta, scaling=scaling)
-    scale = _checks.resolve_scale(scale, q.shape[-1])
-    parts = partial_attention(qr, kr, v, pos < kv_len, scale=scale, gqa_mapping=gqa_mapping)
-    return combine_partials(*parts, axis_name).astype(jnp.result_type(q.dtype, v.dtype))
+    (unrotated) keys, sharded along the sequence: :func:`sequence_rope_causal_attention` of a
+    one-token chunk (each shard attends over its own live keys, then :func:`combine_partials`)."""
+    out = sequence_rope_causal_attention(
+        q[None], k, v, jnp.asarray(kv_len, jnp.int32) - 1, axis_name=axis_name, theta=theta,
+        scaling=scaling, scale=scale, gqa_mapping=gqa_mapping,
+    )  # fmt: skip
+    return out[0].astype(jnp.result_type(q.dtype, v.dtype))
 
 
 def sequence_rope_causal_attention(

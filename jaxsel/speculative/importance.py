@@ -33,6 +33,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -252,8 +253,6 @@ def optimize_importance_weights(
     Returns:
       ``(weights, acceptance)``: weights shaped like ``draft_probs`` and their exact acceptance.
     """
-    import optax  # core dependency; imported here to keep this module light
-
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps=}")
     if not learning_rate > 0:

@@ -74,14 +74,14 @@ def _sharded_step(devices, n_shards, *, top_k, vote_pool=1, gqa_mapping="group")
     )
 
 
-def _single_unjitted(q, k, v, kv_len, top_k, vote_pool, gqa_mapping):
+def _single_step(q, k, v, kv_len, top_k, vote_pool, gqa_mapping):
     idx, valid = select_tokens(
         q, k, kv_len, top_k=top_k, vote_pool=vote_pool, gqa_mapping=gqa_mapping, **BUDGET
     )
     return idx, valid, sparse_attention(q, k, v, idx, valid, gqa_mapping=gqa_mapping)
 
 
-_single = jax.jit(_single_unjitted, static_argnames=("top_k", "vote_pool", "gqa_mapping"))
+_single = jax.jit(_single_step, static_argnames=("top_k", "vote_pool", "gqa_mapping"))
 
 
 def _assert_separated(q, k, kv_len, *, top_k, vote_pool, gqa_mapping, n_shards):
