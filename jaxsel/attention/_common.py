@@ -5,6 +5,8 @@ The per-step products and the masked softmax are :mod:`pallas_kernels._xla_math`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ import numpy as np
 from pallas_kernels._xla_math import group_queries, head_scores, head_values, masked_softmax
 
 __all__ = [
+    "block_attention",
     "chunk_scores",
     "chunk_values",
     "compute_dtype",
@@ -65,3 +68,48 @@ def chunk_values(p: jax.Array, v: jax.Array, gqa_mapping: str) -> jax.Array:
     pc = p.astype(v.dtype).reshape(hkv, g * c, m)
     o = jnp.einsum("kqm,kmd->kqd", pc, v.swapaxes(0, 1), preferred_element_type=jnp.float32)
     return ungroup_heads(o.reshape(hkv, g, c, -1).transpose(2, 0, 1, 3), gqa_mapping)
+
+
+def block_attention(
+    qg: jax.Array,
+    load_block: Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]],
+    n_blocks: jax.Array | int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The flash-attention recurrence (online softmax; Milakov & Gimelshein 2018) over key blocks.
+
+    For rows r of ``qg [Hkv, R, d]`` (scaled queries, grouped by KV head) and key blocks
+    ``load_block(j) = (k_j [bk, Hkv, d], v_j [bk, Hkv, d], live_j [R, bk] bool)``, ``j < n_blocks``:
+
+        m = max_{j, live} s,   l = sum_{j, live} exp(s - m),   acc = sum_{j, live} exp(s - m) v,
+
+    with ``s = qg . k_j`` in f32 accumulation. Only one block of scores is alive at a time, so the
+    softmax stays in cache instead of a materialised ``[Hkv, R, M]`` array (on XLA:CPU that array
+    costs 2-3x the FLOPs' time). ``n_blocks`` static (a scan) or traced (a while loop).
+
+    Returns:
+      ``(m, l, acc)``: ``[Hkv, R]`` (the f32 minimum where no key was live), ``[Hkv, R]``,
+      ``[Hkv, R, d]``, all float32; ``o = acc / l`` where ``l > 0``.
+    """
+    hkv, r, d = qg.shape
+    lo = jnp.finfo(jnp.float32).min
+
+    def block(j, carry):
+        m, l, acc = carry
+        kb, vb, live = load_block(j)
+        s = jnp.einsum("kqd,kmd->kqm", qg, kb.swapaxes(0, 1), preferred_element_type=jnp.float32)
+        s = jnp.where(live[None], s, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        p = jnp.exp(s - m_new[..., None])
+        corr = jnp.exp(m - m_new)
+        pv = jnp.einsum(
+            "kqm,kmd->kqd", p.astype(vb.dtype), vb.swapaxes(0, 1),
+            preferred_element_type=jnp.float32,
+        )  # fmt: skip
+        return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
+
+    init = (
+        jnp.full((hkv, r), lo, jnp.float32),
+        jnp.zeros((hkv, r), jnp.float32),
+        jnp.zeros((hkv, r, d), jnp.float32),
+    )
+    return jax.lax.fori_loop(0, n_blocks, block, init)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsel.attention import _checks
-from jaxsel.attention._common import compute_dtype, group_queries, ungroup_heads
+from jaxsel.attention._common import block_attention, compute_dtype, group_queries, ungroup_heads
 from jaxsel.attention.prefill import chunk_attention
 from jaxsel.attention.sparse import sparse_attention
 
@@ -326,10 +326,8 @@ def rope_causal_attention(
     qr = (rot(q_chunk, q_pos).astype(jnp.float32) * scale).astype(compute_dtype(q_chunk, k))
     qg = group_queries(qr, hkv, gqa_mapping).transpose(1, 2, 0, 3).reshape(hkv, g * c, d)
     q_pos_rows = jnp.tile(q_pos, g)  # row r = (head g, query c) of qg
-    lo = jnp.finfo(jnp.float32).min
 
-    def block(j, carry):
-        m, l, acc = carry
+    def load_block(j):
         # The last block is shifted back to fit the cache; tokens an earlier block already
         # covered are masked out of it.
         b0 = jnp.minimum(j * bk, n - bk)
@@ -337,23 +335,9 @@ def rope_causal_attention(
         k_pos = k_offset + k_row
         kb = rot(jax.lax.dynamic_slice_in_dim(k, b0, bk, axis=0), k_pos)
         vb = jax.lax.dynamic_slice_in_dim(v, b0, bk, axis=0)
-        s = jnp.einsum("kqd,kmd->kqm", qg, kb.swapaxes(0, 1), preferred_element_type=jnp.float32)
         live = (k_row[None, :] >= j * bk) & (k_pos[None, :] <= q_pos_rows[:, None])
-        s = jnp.where(live[None], s, -jnp.inf)
-        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-        p = jnp.exp(s - m_new[..., None])
-        corr = jnp.exp(m - m_new)
-        l = l * corr + jnp.sum(p, axis=-1)
-        pv = jnp.einsum(
-            "kqm,kmd->kqd", p.astype(v.dtype), vb.swapaxes(0, 1), preferred_element_type=jnp.float32
-        )
-        return m_new, l, acc * corr[..., None] + pv
+        return kb, vb, live
 
-    init = (
-        jnp.full((hkv, g * c), lo, jnp.float32),
-        jnp.zeros((hkv, g * c), jnp.float32),
-        jnp.zeros((hkv, g * c, d), jnp.float32),
-    )
     # A static start gives a static trip count: fori_loop lowers to a scan, which reverse-mode
     # differentiation supports (a traced one lowers to a while loop, which it does not).
     if static_offset and int(k_offset) == 0:
@@ -361,7 +345,7 @@ def rope_causal_attention(
     else:  # the blocks of this shard that hold live tokens (a traced trip count)
         live_rows = jnp.clip(start + c - jnp.asarray(k_offset, jnp.int32), 0, n)
         n_blocks = (live_rows + bk - 1) // bk
-    m, l, acc = jax.lax.fori_loop(0, n_blocks, block, init)
+    m, l, acc = block_attention(qg, load_block, n_blocks)
     rows = lambda x: ungroup_heads(x.reshape(hkv, g, c, -1).transpose(2, 0, 1, 3), gqa_mapping)
     if return_partial:
         return rows(m[..., None])[..., 0], rows(l[..., None])[..., 0], rows(acc)

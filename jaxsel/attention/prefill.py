@@ -18,7 +18,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxsel.attention import _checks
-from jaxsel.attention._common import chunk_scores, chunk_values
+from jaxsel.attention._common import (
+    block_attention,
+    chunk_scores,
+    chunk_values,
+    compute_dtype,
+    group_queries,
+    ungroup_heads,
+)
 from jaxsel.attention.select import select_tokens
 from jaxsel.attention.sparse import attention_probs
 
@@ -98,6 +105,7 @@ def chunk_attention(
     chunk_len: jax.Array | int | None = None,
     gqa_mapping: str = "group",
     adaptive_temperature: bool = False,
+    block_kv: int = 512,
 ) -> jax.Array:
     """Causal attention of a chunk over given past tokens plus itself.
 
@@ -106,6 +114,8 @@ def chunk_attention(
       k_past, v_past: ``[B, Hkv, d]`` the past tokens every chunk query sees (already gathered and,
         with RoPE, already rotated); ``past_valid [B]`` bool masks them.
       chunk_len: real rows of the chunk (keys ``>= chunk_len`` are masked); ``None`` = all C.
+      block_kv: keys per block of the online softmax (the softmax path; the adaptive
+        temperature, which needs each row's entropy, materialises the ``[C, B + C]`` scores).
 
     Returns:
       ``[C, Hq, d]`` in ``result_type(q_chunk, v_chunk)``.
@@ -114,6 +124,7 @@ def chunk_attention(
     _checks.check_kv(k_chunk, v_chunk)
     _checks.check_kv(k_past, v_past)
     _checks.check_gqa_mapping(gqa_mapping)
+    _checks.check_positive_int(block_kv, "block_kv")
     c = q_chunk.shape[0]
     if k_chunk.shape[0] != c:
         raise ValueError(
@@ -124,6 +135,12 @@ def chunk_attention(
     scale = _checks.resolve_scale(scale, q_chunk.shape[-1])
     kk = jnp.concatenate([k_past, k_chunk.astype(k_past.dtype)], axis=0)
     vv = jnp.concatenate([v_past, v_chunk.astype(v_past.dtype)], axis=0)
+    if not adaptive_temperature:
+        return _blocked_chunk_attention(
+            q_chunk, kk, vv, past_valid, scale=scale, chunk_len=chunk_len,
+            gqa_mapping=gqa_mapping, block_kv=block_kv,
+        ).astype(jnp.result_type(q_chunk.dtype, v_chunk.dtype))  # fmt: skip
+    # The adaptive temperature needs each row's whole softmax (its entropy): materialise it.
     mask = jnp.concatenate(
         [
             jnp.broadcast_to(past_valid.astype(bool), (c, k_past.shape[0])),
@@ -138,6 +155,45 @@ def chunk_attention(
     )
     o = chunk_values(p, vv, gqa_mapping)
     return o.astype(jnp.result_type(q_chunk.dtype, v_chunk.dtype))
+
+
+def _blocked_chunk_attention(
+    q_chunk, kk, vv, past_valid, *, scale, chunk_len, gqa_mapping, block_kv
+):
+    """:func:`chunk_attention` (softmax) over ``kk = [past; chunk]`` in key blocks of at most
+    ``block_kv``.
+
+    Key m is live for chunk query i when it is a valid past token (``m < B``) or a real chunk token
+    at or before i (``m - B <= i``, ``m - B < chunk_len``). A query with no live key gets 0.
+    """
+    c, hq, d = q_chunk.shape
+    m_keys, hkv, _ = kk.shape
+    g = hq // hkv
+    b = m_keys - c
+    n_blocks = -(-m_keys // block_kv)
+    bk = -(-m_keys // n_blocks)  # even blocks: the shifted last one recomputes < n_blocks keys
+    qs = (q_chunk.astype(jnp.float32) * scale).astype(compute_dtype(q_chunk, kk))
+    qg = group_queries(qs, hkv, gqa_mapping).transpose(1, 2, 0, 3).reshape(hkv, g * c, d)
+    q_rows = jnp.tile(jnp.arange(c, dtype=jnp.int32), g)  # row r = (head g, query c) of qg
+    in_chunk = jnp.ones((c,), bool) if chunk_len is None else jnp.arange(c) < chunk_len
+    key_ok = jnp.concatenate([past_valid.astype(bool), in_chunk])
+    key_order = jnp.concatenate(
+        [jnp.full((b,), -1, jnp.int32), jnp.arange(c, dtype=jnp.int32)]
+    )  # -1: a past token, seen by every query; i: chunk token i
+
+    def load_block(j):
+        b0 = jnp.minimum(j * bk, m_keys - bk)  # the last block shifted back; overlap masked
+        rows = b0 + jnp.arange(bk, dtype=jnp.int32)
+        ok = jax.lax.dynamic_slice_in_dim(key_ok, b0, bk) & (rows >= j * bk)
+        order = jax.lax.dynamic_slice_in_dim(key_order, b0, bk)
+        live = ok[None, :] & (order[None, :] <= q_rows[:, None])
+        kb = jax.lax.dynamic_slice_in_dim(kk, b0, bk, axis=0)
+        vb = jax.lax.dynamic_slice_in_dim(vv, b0, bk, axis=0)
+        return kb, vb, live
+
+    _, l, acc = block_attention(qg, load_block, n_blocks)
+    o = acc / jnp.where(l > 0, l, 1.0)[..., None]
+    return ungroup_heads(o.reshape(hkv, g, c, d).transpose(2, 0, 1, 3), gqa_mapping)
 
 
 def prefill_attention(

@@ -178,6 +178,35 @@ def test_chunk_attention_padding_rows_and_decode_equivalence():
     np.testing.assert_allclose(np.asarray(one[0]), np.asarray(dec), atol=1e-5)
 
 
+@pytest.mark.parametrize("block_kv", [3, 8, 512])
+def test_chunk_attention_key_blocks_match_reference(block_kv):
+    """The online-softmax key blocks (a last block shifted back over an earlier one) give the
+    reference at any block size: masked past entries and padding keys; rows with no live key
+    (no valid past, chunk_len 0) give 0, not NaN."""
+    q, k, v = make(7)
+    rng = np.random.default_rng(7)
+    c, b = 6, 13
+    qc = rng.normal(size=(c, HQ, D)).astype(np.float32)
+    past_idx = np.sort(rng.choice(40, b, replace=False)).astype(np.int32)
+    valid = rng.random(b) < 0.7
+    start = 50
+    out = jax.jit(lambda *a: chunk_attention(*a, chunk_len=4, block_kv=block_kv))(
+        qc, k[start : start + c], v[start : start + c], k[past_idx], v[past_idx], valid
+    )
+    want = causal_reference(qc, k, v, past_idx[valid], start, 4)
+    np.testing.assert_allclose(np.asarray(out[:4]), want, atol=1e-5, rtol=1e-5)
+    none_valid = jax.jit(lambda *a: chunk_attention(*a, chunk_len=2, block_kv=block_kv))(
+        qc, k[start : start + c], v[start : start + c], k[past_idx], v[past_idx], valid & False
+    )
+    np.testing.assert_allclose(
+        np.asarray(none_valid[:2]), causal_reference(qc, k, v, [], start, 2), atol=1e-5, rtol=1e-5
+    )
+    empty = jax.jit(lambda *a: chunk_attention(*a, chunk_len=0, block_kv=block_kv))(
+        qc, k[start : start + c], v[start : start + c], k[past_idx], v[past_idx], valid & False
+    )
+    np.testing.assert_array_equal(np.asarray(empty), 0.0)
+
+
 def test_rope_prefill_matches_rope_decode():
     q, k, v = make(6)
     idx, valid = sel(q, k, 50)
