@@ -17,12 +17,14 @@ from jaxsel.attention.cache import SelectionCacheState, cached_select, query_cos
 from jaxsel.attention.pages import page_bounds, page_scores, page_select
 from jaxsel.attention.positions import (
     POSITION_MODES,
+    RopeTable,
     apply_rope,
     gathered_positions,
     rope_causal_attention,
     rope_frequencies,
     rope_prefill_attention,
     rope_sparse_attention,
+    rope_table,
     rotate_half,
     scoring_query,
 )
@@ -61,6 +63,7 @@ from jaxsel.attention.temperature import (
 
 __all__ = [
     "POSITION_MODES",
+    "RopeTable",
     "SelectionCacheState",
     "adaptive_inverse_temperature",
     "adaptive_temperature_attention",
@@ -87,6 +90,7 @@ __all__ = [
     "rope_frequencies",
     "rope_prefill_attention",
     "rope_sparse_attention",
+    "rope_table",
     "rotate_half",
     "scoring_query",
     "select_from_votes",

@@ -75,6 +75,24 @@ def rope_frequencies(
     )
 
 
+RopeTable = tuple[jax.Array, jax.Array]
+
+
+def rope_table(
+    n: int, head_dim: int, *, theta: float = 10000.0, scaling: Mapping[str, Any] | None = None
+) -> RopeTable:
+    """``(cos, sin)``, each ``[n, head_dim // 2]`` float32: RoPE's angles ``m w_i`` for positions
+    ``m < n``, computed as :func:`apply_rope` computes them (so reading them is exact).
+
+    A decoder computes one table per forward and every layer reads it: rotating a long cache's keys
+    otherwise evaluates ``n * d`` sines and cosines per layer, which on CPU costs as much as the
+    attention products.
+    """
+    inv = jnp.asarray(rope_frequencies(head_dim, theta=theta, scaling=scaling))
+    ang = jnp.arange(n, dtype=jnp.float32)[:, None] * inv
+    return jnp.cos(ang), jnp.sin(ang)
+
+
 def rotate_half(x: jax.Array) -> jax.Array:
     """``[x1, x2] -> [-x2, x1]`` over the last axis."""
     x1, x2 = jnp.split(x, 2, axis=-1)
@@ -87,6 +105,7 @@ def apply_rope(
     *,
     theta: float = 10000.0,
     scaling: Mapping[str, Any] | None = None,
+    table: RopeTable | None = None,
 ) -> jax.Array:
     """Rotates ``x [..., d]`` by RoPE at ``positions`` (rotate-half layout, Llama/HF convention).
 
@@ -96,6 +115,10 @@ def apply_rope(
         one token, ``[T]`` for ``x [T, H, d]``, ``[B, T]`` for ``x [B, T, H, d]``); it is broadcast
         over the remaining axes.
       theta, scaling: see :func:`rope_frequencies`.
+      table: ``(cos, sin)`` from :func:`rope_table` for these ``theta, scaling``: the angles'
+        cosines and sines are read from it (integer ``positions`` inside it) instead of computed.
+        The same numbers, without the transcendental functions that dominate a long cache's
+        rotation.
 
     Returns:
       Same shape and dtype as ``x``; angles and products in f32.
@@ -108,12 +131,14 @@ def apply_rope(
             f"positions.shape={positions.shape} must be a prefix of x.shape[:-1]={lead} "
             f"(x.shape={x.shape})"
         )
-    inv = jnp.asarray(rope_frequencies(d, theta=theta, scaling=scaling))
-    pos = positions.astype(jnp.float32).reshape(
-        positions.shape + (1,) * (len(lead) - positions.ndim)
-    )
-    ang = pos[..., None] * inv  # [..., d/2]: each angle's sine and cosine are computed once
-    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    bcast = positions.shape + (1,) * (len(lead) - positions.ndim) + (d // 2,)
+    if table is not None:
+        cos, sin = (t[positions].reshape(bcast) for t in table)
+    else:
+        inv = jnp.asarray(rope_frequencies(d, theta=theta, scaling=scaling))
+        pos = positions.astype(jnp.float32).reshape(bcast[:-1])
+        ang = pos[..., None] * inv  # [..., d/2]: each angle's sine and cosine are computed once
+        cos, sin = jnp.cos(ang), jnp.sin(ang)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -168,6 +193,7 @@ def rope_sparse_attention(
     position_mode: str = "compact",
     theta: float = 10000.0,
     scaling: Mapping[str, Any] | None = None,
+    rope_table: RopeTable | None = None,
     scale: float | None = None,
     gqa_mapping: str = "group",
     adaptive_temperature: bool = False,
@@ -181,14 +207,15 @@ def rope_sparse_attention(
       kv_len: number of valid cached tokens.
       position_mode: ``"original"`` (exactly standard RoPE attention over the gathered tokens) or
         ``"compact"`` (positions 0..n_valid-1, the authors' length extrapolation).
+      rope_table: :func:`rope_table` covering every position used (the same result, faster).
 
     Returns:
       ``[Hq, d]``.
     """
     _checks.check_rank(indices, 1, "indices", "[B] (shared selection)")
     kpos, qpos = gathered_positions(indices, valid, kv_len, position_mode=position_mode)
-    kr = apply_rope(k[indices], kpos, theta=theta, scaling=scaling)
-    qr = apply_rope(q, qpos, theta=theta, scaling=scaling)
+    kr = apply_rope(k[indices], kpos, theta=theta, scaling=scaling, table=rope_table)
+    qr = apply_rope(q, qpos, theta=theta, scaling=scaling, table=rope_table)
     # The rotated keys are already gathered: attend over them in order.
     b = indices.shape[0]
     return sparse_attention(
@@ -232,6 +259,7 @@ def rope_prefill_attention(
     position_mode: str = "compact",
     theta: float = 10000.0,
     scaling: Mapping[str, Any] | None = None,
+    rope_table: RopeTable | None = None,
     scale: float | None = None,
     chunk_len: jax.Array | int | None = None,
     gqa_mapping: str = "group",
@@ -242,11 +270,12 @@ def rope_prefill_attention(
     The chunk's tokens follow the ``kv_len`` past tokens: in ``"original"`` mode past keys sit at
     ``indices`` and chunk token i at ``kv_len + i``; in ``"compact"`` mode past keys at
     ``0..n_valid-1`` and chunk token i at ``n_valid + i``. ``q_chunk``, ``k_chunk`` and ``k`` are
-    unrotated.
+    unrotated. ``rope_table``: :func:`rope_table` covering every position used (faster, the same
+    result).
     """
     _checks.check_rank(indices, 1, "indices", "[B] (shared selection)")
     kpos, cpos = prefill_positions(indices, valid, kv_len, q_chunk.shape[0], position_mode)
-    rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling)
+    rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling, table=rope_table)
     return chunk_attention(
         rot(q_chunk, cpos),
         rot(k_chunk, cpos),
@@ -269,6 +298,7 @@ def rope_causal_attention(
     *,
     theta: float = 10000.0,
     scaling: Mapping[str, Any] | None = None,
+    rope_table: RopeTable | None = None,
     scale: float | None = None,
     gqa_mapping: str = "group",
     block_kv: int = 512,
@@ -295,6 +325,8 @@ def rope_causal_attention(
       start: number of tokens before the chunk: a Python int (static: the block loop is a scan,
         differentiable) or a traced integer scalar (a while loop over the live blocks only).
       theta, scaling: RoPE (see :func:`rope_frequencies`).
+      rope_table: :func:`rope_table` of at least ``start + C`` positions for the same RoPE: the
+        blocks' rotations read it (the same result, without per-layer sines and cosines).
       scale: logit scale, ``None`` for ``1/sqrt(d)``.
       block_kv: keys per block (static; capped at N).
       k_offset: global position of ``k[0]`` (a shard of a sequence-sharded cache: only its keys
@@ -322,7 +354,7 @@ def rope_causal_attention(
     static_start = isinstance(start, int | np.integer)
     start = int(start) if static_start else jnp.asarray(start, jnp.int32)
     q_pos = start + jnp.arange(c, dtype=jnp.int32)
-    rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling)
+    rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling, table=rope_table)
     qr = (rot(q_chunk, q_pos).astype(jnp.float32) * scale).astype(compute_dtype(q_chunk, k))
     qg = group_queries(qr, hkv, gqa_mapping).transpose(1, 2, 0, 3).reshape(hkv, g * c, d)
     q_pos_rows = jnp.tile(q_pos, g)  # row r = (head g, query c) of qg

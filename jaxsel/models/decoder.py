@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxsel.attention import apply_rope
+from jaxsel.attention import apply_rope, rope_table
 from jaxsel.attention.sequence import axis_size, shard_offset
 from jaxsel.models import policies as pol
 from jaxsel.models.config import DecoderConfig
@@ -230,6 +230,13 @@ def forward_chunk(
     # A Python int start stays static: dense attention then loops over a static number of key
     # blocks (a scan, so reverse-mode differentiation works, as training needs).
     start = start if isinstance(start, int) else jnp.asarray(start, jnp.int32)
+    # One RoPE table per forward, read by every layer (rotating the cache's keys otherwise costs
+    # n * d sines and cosines per layer). The sequence-sharded path rotates as it goes.
+    table = None
+    if seq_axis is None:
+        table = rope_table(
+            n_cache, config.head_dim, theta=config.rope_theta, scaling=config.rope_scaling_dict()
+        )
     new_states = []
     for i, lp in enumerate(params["layers"]):
         h = rms_norm(x, lp["attn_norm"], eps=config.rms_norm_eps)
@@ -252,6 +259,7 @@ def forward_chunk(
             limit=limit,
             seq_axis=seq_axis,
             chunk_kv=None if seq_axis is None else (k, v),
+            rope_table=table,
         )
         x = x + output_projection(lp, o.astype(dtype))
         h = rms_norm(x, lp["mlp_norm"], eps=config.rms_norm_eps)

@@ -352,6 +352,7 @@ def attend(
     limit: jax.Array | None = None,
     seq_axis: str | None = None,
     chunk_kv: tuple[jax.Array, jax.Array] | None = None,
+    rope_table: A.RopeTable | None = None,
 ) -> tuple[jax.Array, Any]:
     """One layer's attention for C new queries of one sequence under ``policy``.
 
@@ -367,6 +368,9 @@ def attend(
         or TokenSelect through :mod:`jaxsel.attention.sequence`, decode and prefill chunks.
       chunk_kv: with ``seq_axis`` and C > 1, the chunk's own ``(k, v) [C, Hkv, d]`` (replicated;
         the cache holds them only on the shards that own their slots).
+      rope_table: :func:`jaxsel.attention.rope_table` of the cache length for the config's RoPE,
+        built once per forward and read by every layer (the same result, faster; not used with
+        ``seq_axis``).
 
     Returns:
       ``(o [C, Hq, d] float32, select_state)``.
@@ -396,6 +400,7 @@ def attend(
             start,
             theta=config.rope_theta,
             scaling=config.rope_scaling_dict(),
+            rope_table=rope_table,
             block_kv=DENSE_BLOCK_KV,
         )
         return o, select_state
@@ -407,8 +412,12 @@ def attend(
             q, q_pos, cache_k, cache_v, k_pos, mask, config=config, adaptive=adaptive
         )
         return o, select_state
-    rope_kw = dict(theta=config.rope_theta, scaling=config.rope_scaling_dict())
-    sq = A.scoring_query(q, n_local=policy.n_local, **rope_kw)
+    sq = A.scoring_query(
+        q, n_local=policy.n_local, theta=config.rope_theta, scaling=config.rope_scaling_dict()
+    )
+    rope_kw = dict(
+        theta=config.rope_theta, scaling=config.rope_scaling_dict(), rope_table=rope_table
+    )
     mode = policy.position_mode
     if C == 1:
         kv_len = start + 1

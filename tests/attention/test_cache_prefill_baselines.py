@@ -183,7 +183,7 @@ def test_chunk_attention_key_blocks_match_reference(block_kv):
     """The online-softmax key blocks (a last block shifted back over an earlier one) give the
     reference at any block size: masked past entries and padding keys; rows with no live key
     (no valid past, chunk_len 0) give 0, not NaN."""
-    q, k, v = make(7)
+    _q, k, v = make(7)
     rng = np.random.default_rng(7)
     c, b = 6, 13
     qc = rng.normal(size=(c, HQ, D)).astype(np.float32)

@@ -11,8 +11,11 @@ import pytest
 from jaxsel.attention import (
     apply_rope,
     gathered_positions,
+    rope_causal_attention,
     rope_frequencies,
+    rope_prefill_attention,
     rope_sparse_attention,
+    rope_table,
     scoring_query,
     select_tokens,
 )
@@ -181,3 +184,45 @@ def test_scoring_query_is_rotation_to_n_local():
     qb = jnp.stack([q, 2 * q])
     out = jax.vmap(lambda x: scoring_query(x, n_local=3))(qb)
     np.testing.assert_allclose(np.asarray(out[1]), 2 * ref.rope(q, 3), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scaling", [None, LLAMA3])
+def test_rope_table_gives_the_same_rotations_and_attention(scaling):
+    """Reading a :func:`rope_table` instead of computing sines and cosines changes nothing: the
+    table holds the same float32 angles' values, for apply_rope and the three RoPE attentions."""
+    n, hq, hkv, d, c = 96, 6, 2, 16, 8
+    rng = np.random.default_rng(3)
+    k = rng.normal(size=(n, hkv, d)).astype(np.float32)
+    v = rng.normal(size=(n, hkv, d)).astype(np.float32)
+    q = rng.normal(size=(c, hq, d)).astype(np.float32)
+    q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    kw = dict(theta=500.0, scaling=scaling)
+    table = jax.jit(lambda: rope_table(n, d, **kw))()
+    pos = jnp.array([0, 1, 17, 95])
+    plain = jax.jit(lambda x: apply_rope(x, pos, **kw))(k[:4])
+    read = jax.jit(lambda x, t: apply_rope(x, pos, **kw, table=t))(k[:4], table)
+    np.testing.assert_allclose(np.asarray(read), np.asarray(plain), rtol=1e-6, atol=1e-6)
+
+    start = 70
+    causal = lambda q, k, v, t: rope_causal_attention(q, k, v, start, **kw, rope_table=t)
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(causal)(q, k, v, table)),
+        np.asarray(jax.jit(lambda q, k, v: causal(q, k, v, None))(q, k, v)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    idx, valid = select_tokens(q[0], k, start, top_k=10, n_sink=2, n_local=4)
+    for mode in ("compact", "original"):
+        sparse = lambda t, mode=mode: rope_sparse_attention(
+            q[0], k, v, idx, valid, start, position_mode=mode, **kw, rope_table=t
+        )
+        np.testing.assert_allclose(
+            np.asarray(jax.jit(sparse)(table)), np.asarray(sparse(None)), rtol=1e-5, atol=1e-6
+        )
+        pre = lambda t, mode=mode: rope_prefill_attention(
+            q, k[start : start + c], v[start : start + c], k, v, idx, valid, start,
+            position_mode=mode, **kw, rope_table=t,
+        )  # fmt: skip
+        np.testing.assert_allclose(
+            np.asarray(jax.jit(pre)(table)), np.asarray(pre(None)), rtol=1e-5, atol=1e-6
+        )
