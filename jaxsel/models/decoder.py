@@ -165,17 +165,19 @@ def lm_logits(params: Params, x: jax.Array, config: DecoderConfig) -> jax.Array:
 
 
 def _write(cache: jax.Array, new: jax.Array, layer: int, start: Any, seq_axis: Any) -> jax.Array:
-    """``cache[0, layer, start : start + C] = new`` in place (``cache [1, L, N, Hkv, d]``); with
-    ``seq_axis`` (a sequence-sharded cache) each shard writes only the rows whose global slots it
-    holds."""
+    """``cache[..., layer, start : start + C, :, :] = new`` in place (``cache [L, N, Hkv, d]`` or
+    ``[1, L, N, Hkv, d]``); with ``seq_axis`` (a sequence-sharded cache) each shard writes only
+    the rows whose global slots it holds."""
+    lead = cache.ndim - 4  # 0, or 1 for a unit batch axis
+    new = new.astype(cache.dtype)
     if seq_axis is None:
         return jax.lax.dynamic_update_slice(
-            cache, new[None, None].astype(cache.dtype), (0, layer, start, 0, 0)
+            cache, new.reshape((1,) * (lead + 1) + new.shape), (0,) * lead + (layer, start, 0, 0)
         )
-    n = cache.shape[2]
+    n = cache.shape[-3]
     local = start - shard_offset(n, seq_axis) + jnp.arange(new.shape[0], dtype=jnp.int32)
     rows = jnp.where((local >= 0) & (local < n), local, n)  # n: out of range, dropped
-    return cache.at[0, layer, rows].set(new.astype(cache.dtype), mode="drop")
+    return cache.at[(0,) * lead + (layer, rows)].set(new, mode="drop")
 
 
 def forward_chunk(
@@ -197,7 +199,8 @@ def forward_chunk(
     Args:
       params: the parameter pytree.
       tokens: int32 ``[C]`` at positions ``start .. start + C - 1``.
-      cache_k, cache_v: ``[L, N, Hkv, d]``; keys are stored without RoPE.
+      cache_k, cache_v: ``[L, N, Hkv, d]``, or ``[1, L, N, Hkv, d]`` (a carried cache of a batch
+        of one, returned in that form and written in place); keys are stored without RoPE.
       start: the number of tokens already in the cache: a traced int32 scalar, or a Python int
         (static; dense attention then loops over a static number of key blocks, differentiably).
       config: the decoder's configuration (static).
@@ -218,7 +221,11 @@ def forward_chunk(
     policy = pol.DENSE if policy is None else policy
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be [C] (one sequence), got shape {tokens.shape}")
-    n_layers, n_cache = cache_k.shape[0], cache_k.shape[1]
+    if (cache_k.ndim == 5 and cache_k.shape[0] != 1) or cache_k.ndim not in (4, 5):
+        raise ValueError(
+            f"cache_k must be [L, N, Hkv, d] or [1, L, N, Hkv, d], got shape {cache_k.shape}"
+        )
+    n_layers, n_cache = cache_k.shape[-4], cache_k.shape[-3]
     if n_layers != config.num_layers:
         raise ValueError(f"cache has {n_layers} layers, config has {config.num_layers}")
     if seq_axis is not None:  # this shard's slots of a cache sharded along the sequence
@@ -239,12 +246,12 @@ def forward_chunk(
         table = rope_table(
             n_cache, config.head_dim, theta=config.rope_theta, scaling=config.rope_scaling_dict()
         )
-    # The cache gets a unit axis back for the writes: a caller that unbatched a carried [1, L, N,
-    # Hkv, d] cache with a reshape (generate.batch_map) then sees the reshapes cancel, and XLA
-    # updates the carried buffer in place. Written as [L, N, ...], the last write fused with the
-    # reshape back to [1, L, N, ...] and XLA kept two copies of the whole cache per step (decode
-    # at 8K on 30 layers: 222 -> 104 ms per token).
-    cache_k, cache_v = cache_k[None], cache_v[None]
+    # A carried [1, L, N, Hkv, d] cache (one sequence of a batch of one, see generate.batch_map)
+    # is written with its unit axis: unbatched by a reshape and written as [L, N, ...], the last
+    # write fused with the reshape back and XLA kept ~10 whole-cache copies per decode step
+    # (8K, 30 layers: 222 -> 96 ms per token). Under vmap the plain [L, N, ...] form is the one
+    # XLA updates in place.
+    unit = cache_k.ndim == 5
     new_states = []
     for i, lp in enumerate(params["layers"]):
         h = rms_norm(x, lp["attn_norm"], eps=config.rms_norm_eps)
@@ -253,7 +260,7 @@ def forward_chunk(
         # back together would rebuild the whole cache every call).
         cache_k = _write(cache_k, k, i, start, seq_axis)
         cache_v = _write(cache_v, v, i, start, seq_axis)
-        ck, cv = cache_k[0, i], cache_v[0, i]
+        ck, cv = (cache_k[0, i], cache_v[0, i]) if unit else (cache_k[i], cache_v[i])
         state = None if select_states is None else select_states[i]
         o, state = pol.attend(
             policy,
@@ -274,7 +281,7 @@ def forward_chunk(
         x = x + mlp(lp, h)
         new_states.append(state)
     states = None if select_states is None else tuple(new_states)
-    out = lm_logits(params, x, config), cache_k[0], cache_v[0], states
+    out = lm_logits(params, x, config), cache_k, cache_v, states
     if return_hidden:
         return (*out, rms_norm(x, params["final_norm"], eps=config.rms_norm_eps))
     return out

@@ -94,20 +94,30 @@ def _pad_prompts(prompts: Any, lengths: Any, pad_id: int) -> tuple[np.ndarray, n
     return arr.astype(np.int32), lens
 
 
-def batch_map(fn: Any, *args: Any) -> Any:
+def batch_map(
+    fn: Any, *args: Any, unit_args: tuple[int, ...] = (), unit_outs: tuple[int, ...] = ()
+) -> Any:
     """``jax.vmap(fn)(*args)``, except that a batch of one runs ``fn`` unbatched.
 
     Under ``vmap`` a ``lax.cond`` whose predicate is batched runs both branches; unbatched it runs
     one. That is what makes a single-prompt decode skip the scoring on a Selection Cache hit and
     skip the sparse branch while the context fits the budget.
+
+    ``unit_args`` / ``unit_outs``: positions of arguments / outputs (of a tuple output) that keep
+    their unit batch axis in the batch-of-one case: the KV caches, which
+    :func:`jaxsel.models.decoder.forward_chunk` takes as ``[1, L, N, Hkv, d]`` and writes in place.
     """
     sizes = {x.shape[0] for x in jax.tree.leaves(args)}
     if sizes != {1}:
         return jax.vmap(fn)(*args)
     # Reshapes, not x[0] / x[None]: a reshape that drops or adds a unit axis is a bitcast, where
     # slicing the batch axis off a carried KV cache copied the whole cache every decode step.
-    out = fn(*jax.tree.map(lambda x: x.reshape(x.shape[1:]), args))
-    return jax.tree.map(lambda x: x.reshape((1, *x.shape)), out)
+    drop = lambda t: jax.tree.map(lambda x: x.reshape(x.shape[1:]), t)
+    add = lambda t: jax.tree.map(lambda x: x.reshape((1, *x.shape)), t)
+    out = fn(*(a if i in unit_args else drop(a) for i, a in enumerate(args)))
+    if not unit_outs:
+        return add(out)
+    return type(out)(o if i in unit_outs else add(o) for i, o in enumerate(out))
 
 
 def prefill(
@@ -147,7 +157,7 @@ def prefill(
             )  # fmt: skip
             return ck_b, cv_b
 
-        return batch_map(one, ck, cv, toks, limit)
+        return batch_map(one, ck, cv, toks, limit, unit_args=(0, 1), unit_outs=(0, 1))
 
     n_full, rest = divmod(n_tokens, chunk)
     ck, cv = cache.k, cache.v
@@ -410,7 +420,9 @@ def _decode_loop(
             )
             return logits[0], ck_b, cv_b, s_b
 
-        logits, ck, cv, states = batch_map(one, st.k, st.v, st.token, st.pos, st.select_states)
+        logits, ck, cv, states = batch_map(
+            one, st.k, st.v, st.token, st.pos, st.select_states, unit_args=(0, 1), unit_outs=(1, 2)
+        )
         if cache_sharding is not None and seq_axis is None:
             ck = jax.lax.with_sharding_constraint(ck, cache_sharding)
             cv = jax.lax.with_sharding_constraint(cv, cache_sharding)

@@ -99,7 +99,7 @@ def _round(
             )
             return logits[0], ck_c, cv_c
 
-        logits, ck, cv = batch_map(one, ck, cv, toks)
+        logits, ck, cv = batch_map(one, ck, cv, toks, unit_args=(0, 1), unit_outs=(1, 2))
         q = draft_probs(logits)  # [K, V]
         nxt = jax.vmap(lambda qq, kk: jax.random.categorical(kk, jnp.log(qq)))(
             q, jax.random.split(kt, K)
@@ -119,7 +119,7 @@ def _round(
         )
         return logits, ck_c, cv_c
 
-    logits, ck, cv = batch_map(verify, ck, cv, block)
+    logits, ck, cv = batch_map(verify, ck, cv, block, unit_args=(0, 1), unit_outs=(1, 2))
     p_all = probs(logits)  # [K, g + 1, V]
 
     def depth(c, x):
