@@ -146,14 +146,15 @@ def _round(
     n_new = n_ok + 1
     # Commit: the survivor's dense keys/values of the block to every chain (slots past
     # pos + n_ok are rewritten by later rounds before any query reads them).
-    blk_k = jax.lax.dynamic_slice_in_dim(ck[survivor], pos, g + 1, axis=1)
-    blk_v = jax.lax.dynamic_slice_in_dim(cv[survivor], pos, g + 1, axis=1)
-    ck = jax.lax.dynamic_update_slice_in_dim(
-        ck, jnp.broadcast_to(blk_k, (K, *blk_k.shape)), pos, axis=2
-    )
-    cv = jax.lax.dynamic_update_slice_in_dim(
-        cv, jnp.broadcast_to(blk_v, (K, *blk_v.shape)), pos, axis=2
-    )
+    if K > 1:  # (one chain already holds its own block)
+        blk_k = jax.lax.dynamic_slice_in_dim(ck[survivor], pos, g + 1, axis=1)
+        blk_v = jax.lax.dynamic_slice_in_dim(cv[survivor], pos, g + 1, axis=1)
+        ck = jax.lax.dynamic_update_slice_in_dim(
+            ck, jnp.broadcast_to(blk_k, (K, *blk_k.shape)), pos, axis=2
+        )
+        cv = jax.lax.dynamic_update_slice_in_dim(
+            cv, jnp.broadcast_to(blk_v, (K, *blk_v.shape)), pos, axis=2
+        )
     out = jax.lax.dynamic_update_slice_in_dim(out, emitted, n_out, axis=0)
     tok = emitted[n_ok]
     return (ck, cv, pos + n_new, tok, out, n_out + n_new, key, rounds + 1, n_acc + n_ok)
