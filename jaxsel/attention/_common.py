@@ -15,6 +15,7 @@ from pallas_kernels._xla_math import group_queries, head_scores, head_values, ma
 
 __all__ = [
     "block_attention",
+    "chunk_rows",
     "chunk_scores",
     "chunk_values",
     "compute_dtype",
@@ -23,6 +24,7 @@ __all__ = [
     "head_values",
     "kv_head_of",
     "masked_softmax",
+    "unchunk_rows",
     "ungroup_heads",
 ]
 
@@ -47,6 +49,20 @@ def ungroup_heads(o: jax.Array, gqa_mapping: str) -> jax.Array:
     return o.swapaxes(1, 2).reshape(c, hkv * g, d)
 
 
+def chunk_rows(q: jax.Array, hkv: int, gqa_mapping: str) -> jax.Array:
+    """``q [C, Hq, d] -> [Hkv, G*C, d]``: each KV head's query rows, row ``r = i * C + c`` for its
+    i-th query head and chunk query c (one GEMM operand per KV head)."""
+    c, hq, d = q.shape
+    return group_queries(q, hkv, gqa_mapping).transpose(1, 2, 0, 3).reshape(hkv, hq // hkv * c, d)
+
+
+def unchunk_rows(x: jax.Array, c: int, gqa_mapping: str) -> jax.Array:
+    """Inverse of :func:`chunk_rows` on per-row results: ``[Hkv, G*C, ...] -> [C, Hq, ...]``."""
+    hkv, rows = x.shape[:2]
+    x = x.reshape(hkv, rows // c, c, *x.shape[2:])
+    return ungroup_heads(jnp.moveaxis(x, 2, 0), gqa_mapping)
+
+
 def chunk_scores(q: jax.Array, k: jax.Array, gqa_mapping: str) -> jax.Array:
     """``s[k, g, c, m] = q[c, head(k, g)] . k[m, k]`` in f32: ``q [C, Hq, d]``, ``k [M, Hkv, d]``.
 
@@ -54,10 +70,9 @@ def chunk_scores(q: jax.Array, k: jax.Array, gqa_mapping: str) -> jax.Array:
     than C matrix-vector products; the batch (KV head) axis leads both operands, the layout
     XLA:CPU's dot runs fastest.
     """
-    c, hq, d = q.shape
+    c, hq, _ = q.shape
     hkv = k.shape[1]
-    qg = group_queries(q.astype(compute_dtype(q, k)), hkv, gqa_mapping)
-    qg = qg.transpose(1, 2, 0, 3).reshape(hkv, (hq // hkv) * c, d)
+    qg = chunk_rows(q.astype(compute_dtype(q, k)), hkv, gqa_mapping)
     s = jnp.einsum("kqd,kmd->kqm", qg, k.swapaxes(0, 1), preferred_element_type=jnp.float32)
     return s.reshape(hkv, hq // hkv, c, k.shape[0])
 
@@ -67,7 +82,7 @@ def chunk_values(p: jax.Array, v: jax.Array, gqa_mapping: str) -> jax.Array:
     hkv, g, c, m = p.shape
     pc = p.astype(v.dtype).reshape(hkv, g * c, m)
     o = jnp.einsum("kqm,kmd->kqd", pc, v.swapaxes(0, 1), preferred_element_type=jnp.float32)
-    return ungroup_heads(o.reshape(hkv, g, c, -1).transpose(2, 0, 1, 3), gqa_mapping)
+    return unchunk_rows(o, c, gqa_mapping)
 
 
 def block_attention(

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsel.attention import _checks
-from jaxsel.attention._common import block_attention, compute_dtype, group_queries, ungroup_heads
+from jaxsel.attention._common import block_attention, chunk_rows, compute_dtype, unchunk_rows
 from jaxsel.attention.prefill import chunk_attention
 from jaxsel.attention.sparse import sparse_attention
 
@@ -356,7 +356,7 @@ def rope_causal_attention(
     q_pos = start + jnp.arange(c, dtype=jnp.int32)
     rot = lambda x, p: apply_rope(x, p, theta=theta, scaling=scaling, table=rope_table)
     qr = (rot(q_chunk, q_pos).astype(jnp.float32) * scale).astype(compute_dtype(q_chunk, k))
-    qg = group_queries(qr, hkv, gqa_mapping).transpose(1, 2, 0, 3).reshape(hkv, g * c, d)
+    qg = chunk_rows(qr, hkv, gqa_mapping)
     q_pos_rows = jnp.tile(q_pos, g)  # row r = (head g, query c) of qg
 
     def load_block(j):
@@ -378,7 +378,7 @@ def rope_causal_attention(
         live_rows = jnp.clip(start + c - jnp.asarray(k_offset, jnp.int32), 0, n)
         n_blocks = (live_rows + bk - 1) // bk
     m, l, acc = block_attention(qg, load_block, n_blocks)
-    rows = lambda x: ungroup_heads(x.reshape(hkv, g, c, -1).transpose(2, 0, 1, 3), gqa_mapping)
+    rows = lambda x: unchunk_rows(x, c, gqa_mapping)
     if return_partial:
         return rows(m[..., None])[..., 0], rows(l[..., None])[..., 0], rows(acc)
     return rows(acc / l[..., None])

@@ -20,11 +20,11 @@ import jax.numpy as jnp
 from jaxsel.attention import _checks
 from jaxsel.attention._common import (
     block_attention,
+    chunk_rows,
     chunk_scores,
     chunk_values,
     compute_dtype,
-    group_queries,
-    ungroup_heads,
+    unchunk_rows,
 )
 from jaxsel.attention.select import select_tokens
 from jaxsel.attention.sparse import attention_probs
@@ -166,14 +166,14 @@ def _blocked_chunk_attention(
     Key m is live for chunk query i when it is a valid past token (``m < B``) or a real chunk token
     at or before i (``m - B <= i``, ``m - B < chunk_len``). A query with no live key gets 0.
     """
-    c, hq, d = q_chunk.shape
+    c, hq, _ = q_chunk.shape
     m_keys, hkv, _ = kk.shape
     g = hq // hkv
     b = m_keys - c
     n_blocks = -(-m_keys // block_kv)
     bk = -(-m_keys // n_blocks)  # even blocks: the shifted last one recomputes < n_blocks keys
     qs = (q_chunk.astype(jnp.float32) * scale).astype(compute_dtype(q_chunk, kk))
-    qg = group_queries(qs, hkv, gqa_mapping).transpose(1, 2, 0, 3).reshape(hkv, g * c, d)
+    qg = chunk_rows(qs, hkv, gqa_mapping)
     q_rows = jnp.tile(jnp.arange(c, dtype=jnp.int32), g)  # row r = (head g, query c) of qg
     in_chunk = jnp.ones((c,), bool) if chunk_len is None else jnp.arange(c) < chunk_len
     key_ok = jnp.concatenate([past_valid.astype(bool), in_chunk])
@@ -193,7 +193,7 @@ def _blocked_chunk_attention(
 
     _, l, acc = block_attention(qg, load_block, n_blocks)
     o = acc / jnp.where(l > 0, l, 1.0)[..., None]
-    return ungroup_heads(o.reshape(hkv, g, c, d).transpose(2, 0, 1, 3), gqa_mapping)
+    return unchunk_rows(o, c, gqa_mapping)
 
 
 def prefill_attention(

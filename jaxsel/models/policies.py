@@ -213,6 +213,7 @@ def gathered_attention(
     *,
     config: DecoderConfig,
     adaptive: bool = False,
+    rope_table: A.RopeTable | None = None,
 ) -> jax.Array:
     """Dense attention of C queries over M keys given explicit RoPE positions and a mask.
 
@@ -223,7 +224,7 @@ def gathered_attention(
     """
     C, Hq, d = q.shape
     Hkv = k.shape[1]
-    rope_kw = dict(theta=config.rope_theta, scaling=config.rope_scaling_dict())
+    rope_kw = dict(theta=config.rope_theta, scaling=config.rope_scaling_dict(), table=rope_table)
     qr = A.apply_rope(q, q_pos, **rope_kw).reshape(C, Hkv, Hq // Hkv, d)
     kr = A.apply_rope(k, k_pos, **rope_kw)
     logits = jnp.einsum("ckgd,mkd->kgcm", qr, kr, preferred_element_type=jnp.float32)
@@ -409,8 +410,9 @@ def attend(
         k_pos = jnp.arange(N, dtype=jnp.int32)
         mask = k_pos[None, :] <= q_pos[:, None]
         o = gathered_attention(
-            q, q_pos, cache_k, cache_v, k_pos, mask, config=config, adaptive=adaptive
-        )
+            q, q_pos, cache_k, cache_v, k_pos, mask, config=config, adaptive=adaptive,
+            rope_table=rope_table,
+        )  # fmt: skip
         return o, select_state
     sq = A.scoring_query(
         q, n_local=policy.n_local, theta=config.rope_theta, scaling=config.rope_scaling_dict()
